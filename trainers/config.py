@@ -1,0 +1,247 @@
+"""The run configuration: YAML in, typed and validated objects out.
+
+One `RunConfig` describes one training run (what `python -m trainers.train` runs, and a
+study's `base:`). It is validated once, here, at the edge; everything deeper receives these
+objects, never raw dicts. Unknown keys are errors, and every error names its dotted path.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; the message starts with the key's dotted path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    family: Literal["clip", "albef"] = "clip"
+    # An open_clip architecture name (ViT-B-32, RN50, ...) or one of the small configs
+    # shipped in trainers/model_configs (registered with open_clip.add_model_config).
+    arch: str = "tiny-vit"
+    # open_clip pretrained tag (needs a hub) or a path to a local checkpoint file.
+    pretrained: str | None = None
+    # ALBEF only: BERT layers split into text and fusion layers, and its ITC/queue options.
+    text_layers: int = Field(2, ge=1)
+    fusion_layers: int = Field(2, ge=1)
+    hidden_size: int = Field(128, ge=8)
+    num_heads: int = Field(4, ge=1)
+    patch_size: int = Field(8, ge=1)
+    vision_layers: int = Field(2, ge=1)
+    embed_dim: int = Field(64, ge=2)
+    queue_size: int = Field(1024, ge=1)
+    momentum: float = Field(0.995, ge=0.0, le=1.0)
+    distill_alpha: float = Field(0.4, ge=0.0, le=1.0)
+    mlm_probability: float = Field(0.15, ge=0.0, le=1.0)
+
+
+class DataConfig(_Strict):
+    dataset: Literal["synthetic", "csv", "webdataset", "coco_json"] = "synthetic"
+    # synthetic world
+    train_size: int = Field(4096, ge=1)
+    eval_size: int = Field(1024, ge=16)
+    info_gap: float = Field(0.5, ge=0.0, le=1.0)
+    image_size: int = Field(64, ge=16)
+    world_seed: int = 0
+    cache_dir: str | None = None
+    # real data (paths are checked to exist at validation time)
+    path: str | None = None
+    image_key: str = "filepath"
+    caption_key: str = "title"
+    separator: str = "\t"
+    image_root: str | None = None
+    zeroshot: list[str] = Field(default_factory=list)  # e.g. ["cifar10:/data/cifar", "imagenet:/data/val"]
+    vocab_file: str | None = None
+    num_loader_workers: int = Field(1, ge=0)
+
+    @model_validator(mode="after")
+    def _real_data_needs_path(self) -> DataConfig:
+        if self.dataset != "synthetic":
+            if self.path is None:
+                raise ValueError(f"path: required when dataset is {self.dataset!r}")
+            for path in _split_path_list(self.path):
+                if "://" not in path and not Path(path).exists() and not _is_brace_pattern(path):
+                    raise ValueError(f"path: {path} does not exist")
+        return self
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(128, ge=1)  # per worker
+    lr: float = Field(5.0e-4, gt=0.0)
+    weight_decay: float = Field(0.1, ge=0.0)
+    beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    eps: float = Field(1.0e-8, gt=0.0)
+    warmup_steps: int = Field(50, ge=0)
+    grad_clip_norm: float | None = Field(1.0, gt=0.0)
+    grad_accum_steps: int = Field(1, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    compile: bool = False
+    seed: int = 0
+    report_every_steps: int | None = Field(None, ge=1)  # also report mid-epoch every K steps
+    max_failures: int = Field(2, ge=0)
+
+
+class RegularizerConfig(_Strict):
+    """Weights of the paper's three regularizers (0 = off) and their options."""
+
+    gc: float = Field(0.0, ge=0.0)
+    bb: float = Field(0.0, ge=0.0)
+    dfs: float = Field(0.0, ge=0.0)
+    inmodal: bool = False
+    # Explicit alignment pressure (1 - <v_j, t_j>), the well-behaved form of the paper's Fig. 2 term.
+    align: float = Field(0.0, ge=0.0)
+    bb_s: float = Field(0.25, gt=0.0, lt=1.0)
+    bb_s_range: tuple[float, float] | None = None  # draw s ~ U(a, b) per sample instead
+    dfs_temperature: float | None = Field(None, gt=0.0)  # default: 1 / logit scale
+
+    @model_validator(mode="after")
+    def _check_range(self) -> RegularizerConfig:
+        if self.bb_s_range is not None:
+            low, high = self.bb_s_range
+            if not 0.0 < low < high < 1.0:
+                raise ValueError("bb_s_range: must satisfy 0 < low < high < 1")
+        return self
+
+
+EVAL_TASKS = ("zeroshot", "retrieval", "linear_probe", "kshot", "structure", "vqa", "nlvr", "ve")
+
+
+class EvalConfig(_Strict):
+    tasks: list[Literal["zeroshot", "retrieval", "linear_probe", "kshot", "structure", "vqa", "nlvr", "ve"]] = (
+        Field(default_factory=lambda: ["zeroshot", "retrieval", "linear_probe", "structure"])
+    )
+    every_epoch: bool = True  # evaluate after every epoch (else only after the last)
+    kshot: list[int] = Field(default_factory=lambda: [1, 5, 10])
+    finetune_epochs: int = Field(3, ge=1)  # ALBEF downstream heads
+
+
+class ResourcesConfig(_Strict):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    regularizers: RegularizerConfig = Field(default_factory=RegularizerConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _split_path_list(path: str) -> list[str]:
+    return [p for p in path.split("::") if p]
+
+
+def _is_brace_pattern(path: str) -> bool:
+    return "{" in path and ".." in path  # webdataset shard pattern such as shards-{000..099}.tar
+
+
+def format_validation_error(error: ValidationError, prefix: str = "") -> str:
+    """One line per problem, each starting with the key's dotted path in the YAML."""
+    lines = []
+    for item in error.errors():
+        loc = [str(p) for p in item["loc"]]
+        message = item["msg"].removeprefix("Value error, ")
+        # a model validator reports "field: message"; fold the field into the path
+        if ": " in message and message.split(": ", 1)[0].replace("_", "").isalnum():
+            field, message = message.split(": ", 1)
+            loc.append(field)
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        path = ".".join(p for p in [prefix, *loc] if p)
+        lines.append(f"{path}: {message}")
+    return "; ".join(lines)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`dotted.key=value` with the value parsed as YAML (so 0.5, true, [a, b] have their types)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text}: expected dotted.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value is not valid YAML ({exc.problem})") from None
+    return key.strip(), value
+
+
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    """Set `a.b.c` in a nested dict, creating levels; a non-dict in the way is an error."""
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: {part} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict:
+    """safe_load a YAML mapping; a missing file or malformed YAML is a ConfigError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: malformed YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def build_run_config(tree: dict, prefix: str = "") -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, prefix)) from None
+
+
+def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a run YAML (or a study YAML, whose `base:` is used), apply `--set`s, validate."""
+    tree = read_yaml(path)
+    prefix = ""
+    if "base" in tree and "search" in tree:
+        tree, prefix = dict(tree["base"] or {}), "base"
+        tree.setdefault("name", read_yaml(path).get("name", "run"))
+    for item in overrides:
+        set_dotted(tree, *parse_override(item))
+    return build_run_config(tree, prefix)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {dotted.key: value}; used for trial parameters and result tables."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(flatten(value, dotted))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def finite(x: float) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
