@@ -1,0 +1,444 @@
+"""The study file: a base run configuration plus a search over it, validated once at the edge.
+
+A study YAML has two parts: `base:` (a `trainers.config.RunConfig`, what `python -m trainers.train`
+runs) and `search:` (how to vary it). Every problem is reported as one line starting with the
+key's dotted path in the YAML, e.g. `search.space.regularizers.gc.low: must be > 0 for loguniform`.
+Space keys are themselves dotted (`regularizers.gc`), so they stay flat keys of `search.space`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainers.config import (
+    ConfigError,
+    RunConfig,
+    flatten,
+    format_validation_error,
+    parse_override,
+    read_yaml,
+    set_dotted,
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+class _Param(_Strict):
+    # optional: a conditional on/off switch in front of the parameter; off sets the key to `off`.
+    optional: bool = False
+    # not `off`: YAML 1.1 reads a bare `off` key as the boolean false
+    off_value: Any = 0
+
+    @model_validator(mode="after")
+    def _off_needs_optional(self):
+        if "off_value" in self.model_fields_set and not self.optional:
+            raise ValueError("off_value: only meaningful with optional: true")
+        return self
+
+
+class _Range(_Param):
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _check_range(self):
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError("low: low and high must be finite")
+        if self.low >= self.high:
+            raise ValueError(f"low: must be < high ({self.low} >= {self.high})")
+        return self
+
+    def sample_values(self) -> dict[str, Any]:
+        # the midpoint catches a float range on an int key (1.5 is not an epoch count)
+        return {"low": self.low, "high": self.high, "": (self.low + self.high) / 2}
+
+
+class UniformParam(_Range):
+    type: Literal["uniform"]
+
+
+class LogUniformParam(_Range):
+    type: Literal["loguniform"]
+
+    @model_validator(mode="after")
+    def _positive(self):
+        if self.low <= 0:
+            raise ValueError("low: must be > 0 for loguniform")
+        return self
+
+    def sample_values(self) -> dict[str, Any]:
+        return {"low": self.low, "high": self.high, "": math.sqrt(self.low * self.high)}
+
+
+class IntParam(_Param):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check_range(self):
+        if self.low >= self.high:
+            raise ValueError(f"low: must be < high ({self.low} >= {self.high})")
+        if self.log and self.low < 1:
+            raise ValueError("low: must be >= 1 for a log-scale int")
+        return self
+
+    def sample_values(self) -> dict[str, Any]:
+        return {"low": self.low, "high": self.high}
+
+
+class _Values(_Param):
+    values: list[Any] = Field(min_length=1)
+
+    def sample_values(self) -> dict[str, Any]:
+        return {f"values[{i}]": value for i, value in enumerate(self.values)}
+
+
+class ChoiceParam(_Values):
+    type: Literal["choice"]
+
+
+class GridParam(_Values):
+    type: Literal["grid"]
+
+
+ParamSpec = Annotated[
+    UniformParam | LogUniformParam | IntParam | ChoiceParam | GridParam, Field(discriminator="type")
+]
+GRID_TYPES = ("grid", "choice")  # a choice in a grid study is one more grid axis
+
+
+# --------------------------------------------------------------------------- search
+
+
+class SchedulerConfig(_Strict):
+    type: Literal["none", "asha"] = "none"
+    grace_period: int = Field(1, ge=1)  # epochs every trial runs before ASHA may stop it
+    reduction_factor: float = Field(2.0, gt=1.0)
+    max_t: int | None = Field(None, ge=1)  # default: base.train.epochs
+
+    @model_validator(mode="after")
+    def _grace_within_budget(self):
+        if self.max_t is not None and self.grace_period > self.max_t:
+            raise ValueError(f"grace_period: must be <= max_t ({self.grace_period} > {self.max_t})")
+        return self
+
+
+class SearchConfig(_Strict):
+    method: Literal["optuna", "grid"] = "optuna"
+    metric: str
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = Field(1, ge=1)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    space: dict[str, ParamSpec] = Field(default_factory=dict)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_unique(cls, seeds: list[int]) -> list[int]:
+        if not seeds:
+            raise ValueError("must list at least one seed")
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            raise ValueError(f"must be unique (repeated: {', '.join(map(str, repeated))})")
+        return seeds
+
+
+# --------------------------------------------------------------------------- metrics
+
+_EXACT_METRICS = {
+    "zeroshot": ["zeroshot/top1", "zeroshot/top3", "zeroshot/top5"],
+    "retrieval": [
+        f"retrieval/{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)
+    ] + ["retrieval/mean_recall"],
+    "linear_probe": ["linear_probe/top1"],
+    "structure": [
+        "structure/modality_gap", "structure/alignment", "structure/uniformity", "structure/pair_cosine",
+    ],
+    "vqa": ["vqa/accuracy"],
+    "nlvr": ["nlvr/accuracy"],
+    "ve": ["ve/accuracy"],
+}
+_TRAINING_TERMS = ("contrastive", "gc", "bb", "dfs", "align", "inmodal", "itc", "itm", "mlm")
+TRAINING_METRICS = [
+    "epoch", "step", "train/loss", *(f"train/{t}_loss" for t in _TRAINING_TERMS),
+    "train/samples_per_s", "train/lr", "train/logit_scale",
+]
+_PROBE_FEATURES = (
+    "image", "text", "image_independent", "text_independent",
+    "image_concat", "text_concat", "image_pooled", "text_pooled",
+)
+_METRIC_PATTERNS = {
+    "zeroshot": (re.compile(r"zeroshot/[A-Za-z0-9_.-]+/top[135]"), "zeroshot/<set>/top{1,3,5}"),
+    "linear_probe": (
+        re.compile(rf"linear_probe/[A-Za-z0-9_]+/({'|'.join(_PROBE_FEATURES)})"),
+        f"linear_probe/<target>/<{'|'.join(_PROBE_FEATURES)}>",
+    ),
+    "kshot": (re.compile(r"kshot/k[0-9]+"), "kshot/k<K> for K in base.eval.kshot"),
+}
+
+
+def metric_task(metric: str) -> str | None:
+    """The evaluation task that reports `metric`; None for training metrics; raises if unknown."""
+    if metric in TRAINING_METRICS:
+        return None
+    task = metric.split("/", 1)[0]
+    pattern = _METRIC_PATTERNS.get(task)
+    if metric in _EXACT_METRICS.get(task, ()) or (pattern and pattern[0].fullmatch(metric)):
+        return task
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def _allowed_metrics(tasks: Iterable[str]) -> str:
+    names = list(TRAINING_METRICS)
+    for task in tasks:
+        names += _EXACT_METRICS.get(task, [])
+        if task in _METRIC_PATTERNS:
+            names.append(_METRIC_PATTERNS[task][1])
+    return ", ".join(names)
+
+
+# --------------------------------------------------------------------------- the study
+
+
+class StudySpec(_Strict):
+    name: str = Field(min_length=1)
+    base: RunConfig = Field(default_factory=RunConfig)
+    search: SearchConfig
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> StudySpec:
+        # problems that span base and search: reported with full paths, so raised without a field
+        problems = (
+            _data_path_problems(self.base)
+            + _metric_problems(self)
+            + _method_problems(self.search)
+            + _space_key_problems(self)
+        )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def trial_run_config(self, params: dict[str, Any]) -> RunConfig:
+        """The base configuration with flat dotted `params` (including train.seed) set."""
+        tree = self.base.model_dump()
+        for key, value in params.items():
+            set_dotted(tree, key, value)
+        try:
+            return RunConfig.model_validate(tree)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, "trial")) from None
+
+    def num_trials(self) -> int:
+        """Configurations (grid cells or Optuna samples) times seeds."""
+        if self.search.method == "grid":
+            configurations = math.prod(len(grid_values(p)) for p in self.search.space.values())
+        else:
+            configurations = self.search.num_samples
+        return configurations * len(self.search.seeds)
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        """The resolved study (all defaults filled in) as plain YAML-safe data, for study.yaml."""
+        return self.model_dump(mode="json")
+
+
+def grid_values(param: ChoiceParam | GridParam) -> list[Any]:
+    """The values of one grid axis; an optional parameter adds its off value."""
+    return [*param.values, param.off_value] if param.optional else list(param.values)
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def _data_path_problems(base: RunConfig) -> list[str]:
+    """Data paths RunConfig lets through: the directory of a shard pattern, and zero-shot sets.
+    A study fans out to many workers, so a placeholder path must fail here, before Ray starts."""
+    problems = []
+    data = base.data
+    if data.dataset != "synthetic" and data.path:
+        for path in data.path.split("::"):
+            if _is_local(path) and "{" in path:
+                directory = Path(os.path.dirname(path.split("{", 1)[0]) or ".")
+                if not directory.is_dir():
+                    problems.append(f"base.data.path: directory {directory} of {path} does not exist")
+    for i, entry in enumerate(data.zeroshot):
+        _, _, path = entry.partition(":")
+        if path and _is_local(path) and not Path(path).exists():
+            problems.append(f"base.data.zeroshot[{i}]: {path} does not exist")
+    return problems
+
+
+def _metric_problems(spec: StudySpec) -> list[str]:
+    metric, tasks = spec.search.metric, spec.base.eval.tasks
+    try:
+        task = metric_task(metric)
+    except ValueError as exc:
+        return [f"search.metric: {exc} (allowed: {_allowed_metrics(tasks)})"]
+    if task is None:
+        return []
+    if task not in tasks:
+        return [
+            f"search.metric: {metric} needs task {task!r} in base.eval.tasks "
+            f"(evaluated: {', '.join(tasks)}. Allowed metrics: {_allowed_metrics(tasks)})"
+        ]
+    if task == "kshot" and int(metric.removeprefix("kshot/k")) not in spec.base.eval.kshot:
+        return [f"search.metric: {metric} needs its K in base.eval.kshot (have {spec.base.eval.kshot})"]
+    if spec.search.scheduler.type == "asha" and not spec.base.eval.every_epoch:
+        return ["search.scheduler.type: asha compares trials every epoch; set base.eval.every_epoch: true"]
+    return []
+
+
+def _method_problems(search: SearchConfig) -> list[str]:
+    problems = []
+    for key, param in search.space.items():
+        if search.method == "grid" and param.type not in GRID_TYPES:
+            problems.append(
+                f"search.space.{key}.type: {param.type} cannot be searched by method grid "
+                "(use type grid or choice, or method optuna)"
+            )
+        elif search.method == "optuna" and param.type == "grid":
+            problems.append(
+                f"search.space.{key}.type: grid cannot be searched by method optuna "
+                "(use type choice, or method grid)"
+            )
+        elif search.method == "optuna" and param.type == "choice":
+            problems += _categorical_problems(key, param)
+    if search.method == "optuna" and not search.space:
+        problems.append(
+            "search.space: optuna needs at least one parameter (use method: grid to only repeat seeds)"
+        )
+    if search.method == "grid" and search.num_samples != 1:
+        problems.append("search.num_samples: a grid runs each cell once per seed; leave num_samples at 1")
+    return problems
+
+
+def _categorical_problems(key: str, param: ChoiceParam) -> list[str]:
+    # Optuna stores categorical choices in its database, which takes only scalars
+    return [
+        f"search.space.{key}.values[{i}]: optuna choices must be numbers, strings, booleans or null"
+        for i, value in enumerate(param.values)
+        if not (value is None or isinstance(value, bool | int | float | str))
+    ]
+
+
+def _space_key_problems(spec: StudySpec) -> list[str]:
+    known_keys = flatten(spec.base.model_dump())
+    problems = []
+    for key, param in spec.search.space.items():
+        if key == "train.seed":
+            problems.append(f"search.space.{key}: seeds come from search.seeds")
+        elif key not in known_keys:
+            problems.append(f"search.space.{key}: unknown configuration key")
+        else:
+            problems += _sample_value_problems(spec.base, key, param)
+    return problems
+
+
+def _sample_value_problems(base: RunConfig, key: str, param: Any) -> list[str]:
+    """Build a RunConfig with each value the parameter can take, so a wrong type is caught now."""
+    samples = param.sample_values()
+    if param.optional:
+        samples["off_value"] = param.off_value
+    problems = []
+    for where, value in samples.items():
+        tree = base.model_dump()
+        set_dotted(tree, key, value)
+        try:
+            RunConfig.model_validate(tree)
+        except ValidationError as exc:
+            path = f"search.space.{key}" + (f".{where}" if where else "")
+            detail = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            problems.append(f"{path}: {value!r} is not a valid value of {key} ({detail})")
+            break  # one message per parameter
+    return problems
+
+
+# --------------------------------------------------------------------------- loading
+
+
+_PARAM_TAGS = {"uniform", "loguniform", "int", "choice", "grid"}
+
+
+class _ErrorItems:
+    """Just enough of a ValidationError (its `errors()`) to hand single items to
+    trainers.config.format_validation_error."""
+
+    def __init__(self, items: list[dict[str, Any]]):
+        self._items = items
+
+    def errors(self) -> list[dict[str, Any]]:
+        return self._items
+
+
+def _without_param_tag(loc: tuple) -> tuple:
+    # pydantic puts the discriminated union's tag (e.g. `loguniform`) into the location
+    if len(loc) >= 4 and loc[:2] == ("search", "space") and loc[3] in _PARAM_TAGS:
+        return loc[:3] + loc[4:]
+    return loc
+
+
+def format_study_error(error: ValidationError) -> str:
+    """One line per problem, each starting with its dotted path in the study YAML."""
+    lines = []
+    for item in error.errors():
+        if not item["loc"]:  # cross-field problems carry their full paths already
+            lines.append(item["msg"].removeprefix("Value error, "))
+        elif item["type"] == "invalid_key" and isinstance(item["input"], bool):
+            path = ".".join(str(p) for p in _without_param_tag(tuple(item["loc"]))[:-1])
+            lines.append(
+                f"{path}: a key reads as {item['input']} (YAML reads bare on/off/yes/no as booleans)"
+            )
+        else:
+            tagless = {**item, "loc": _without_param_tag(tuple(item["loc"]))}
+            lines.append(format_validation_error(_ErrorItems([tagless])))
+    return "; ".join(lines)
+
+
+def build_study(tree: dict[str, Any]) -> StudySpec:
+    try:
+        return StudySpec.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(format_study_error(exc)) from None
+
+
+def set_study_key(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted key of a study file. Under `search.space` the parameter names are
+    themselves dotted, so the longest existing parameter name that prefixes the rest wins."""
+    prefix = "search.space."
+    if not key.startswith(prefix):
+        set_dotted(tree, key, value)
+        return
+    rest = key.removeprefix(prefix)
+    space = tree.setdefault("search", {}).setdefault("space", {})
+    if not isinstance(space, dict):
+        raise ConfigError(f"--set {key}: search.space is not a mapping")
+    owners = sorted((k for k in space if rest == k or rest.startswith(f"{k}.")), key=len, reverse=True)
+    if not owners or owners[0] == rest:
+        space[rest] = value  # a whole parameter, new or replaced
+        return
+    if not isinstance(space[owners[0]], dict):
+        raise ConfigError(f"--set {key}: search.space.{owners[0]} is not a mapping")
+    set_dotted(space[owners[0]], rest.removeprefix(f"{owners[0]}."), value)
+
+
+def load_study(path: str | Path, overrides: Iterable[str] = ()) -> StudySpec:
+    """Read a study YAML, apply `--set dotted.key=value` overrides, validate; ConfigError on any problem."""
+    tree = read_yaml(path)
+    for item in overrides:
+        set_study_key(tree, *parse_override(item))
+    return build_study(tree)
