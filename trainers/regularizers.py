@@ -1,0 +1,362 @@
+"""The paper's latent-modality-structure regularizers (shared/paper.md), and the loss module.
+
+Functional forms take L2-normalized `[N, D]` features of any float dtype and return a float32
+(or float64, for float64 inputs) scalar; they compute in float32 or wider even under autocast.
+
+`LatentStructureLoss` is what a training loop calls: it returns open_clip-style named,
+already-weighted terms (every key ending in `_loss`; the objective is their sum) and, under
+`torch.distributed`, computes every term on the global batch gathered once from all ranks.
+
+Efficiency: the geometric-consistency terms are squared Frobenius norms of differences of
+Gram matrices, which equal inner products of D x D Gram matrices, so they are evaluated in
+whichever of the N x N and D x D spaces is smaller (O(min(N, D)^2) memory). Symmetric Grams
+use a one-GEMM backward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss
+from torch import Tensor, nn
+
+from trainers.config import RegularizerConfig
+
+__all__ = [
+    "LatentStructureLoss",
+    "alignment_pressure_loss",
+    "brownian_bridge_loss",
+    "feature_separation_loss",
+    "geometric_consistency_loss",
+    "sample_bridge_times",
+]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_features(fn_name: str, **features: Tensor | None) -> None:
+    """All given features are 2-D, floating, finite and shaped like the first one."""
+    expected = None
+    for name, x in features.items():
+        if x is None:
+            continue
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            kind = x.dtype if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{fn_name}: {name} must be a floating-point tensor, got {kind}")
+        if expected is None:
+            if x.dim() != 2 or x.shape[0] == 0:
+                shape = tuple(x.shape)
+                raise ValueError(f"{fn_name}: {name} must be 2-D [N, D] with N >= 1, got shape {shape}")
+            expected = tuple(x.shape)
+        elif tuple(x.shape) != expected:
+            raise ValueError(f"{fn_name}: {name} has shape {tuple(x.shape)}, expected {expected}")
+        # one reduction per argument; skipped while torch.compile traces (it would graph-break)
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{fn_name}: {name} has non-finite values (NaN or inf)")
+
+
+def _wide(x: Tensor | None) -> Tensor | None:
+    """float32 for half-precision inputs; float32/float64 stay as they are."""
+    if x is None or x.dtype in (torch.float32, torch.float64):
+        return x
+    return x.float()
+
+
+def _full_precision(x: Tensor) -> torch.autocast:
+    """Disable autocast so the matmuls below really run in float32 or wider."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+# --------------------------------------------------------------------------- Gram helpers
+
+
+class _SymmetricGram(torch.autograd.Function):
+    """x x^T (or x^T x with `inner=True`), with a one-GEMM backward (g + g^T) x."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, inner: bool) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.inner = inner
+        return x.T @ x if inner else x @ x.T
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (x,) = ctx.saved_tensors
+        sym = grad + grad.T
+        return (x @ sym if ctx.inner else sym @ x), None
+
+
+def _gram(x: Tensor, inner: bool = False) -> Tensor:
+    return _SymmetricGram.apply(x, inner)
+
+
+def _frobenius_inner(a: Tensor, b: Tensor) -> Tensor:
+    return (a * b).sum()
+
+
+def _gram_distance_sq(x: Tensor, y: Tensor) -> Tensor:
+    """sum_jk (<x_j,x_k> - <y_j,y_k>)^2 = ||XX^T - YY^T||_F^2, in the smaller of N/D space."""
+    n, d = x.shape
+    if n <= d:
+        return (_gram(x) - _gram(y)).square().sum()
+    # ||XX^T||^2 = ||X^TX||^2 and <XX^T, YY^T> = ||X^TY||^2
+    return _gram(x, True).square().sum() + _gram(y, True).square().sum() - 2 * (x.T @ y).square().sum()
+
+
+def _cross_and_intra_sq(v: Tensor, t: Tensor) -> Tensor:
+    """sum_jk (<v_j,t_k> - <v_k,t_j>)^2 + (<v_j,v_k> - <t_j,t_k>)^2 (CyCLIP's two cyclic losses)."""
+    n, d = v.shape
+    if n <= d:
+        cross = v @ t.T  # (N, N); the cross-modal term compares it with its own transpose
+        return (cross - cross.T).square().sum() + (_gram(v) - _gram(t)).square().sum()
+    # With P = V^TV, Q = T^TT, M = T^TV (all D x D) the sum is ||P + Q||^2 - ||M + M^T||^2.
+    mixed = t.T @ v
+    return (_gram(v, True) + _gram(t, True)).square().sum() - (mixed + mixed.T).square().sum()
+
+
+def _row_dot(x: Tensor, y: Tensor) -> Tensor:
+    return (x * y).sum(dim=1)  # (N,)
+
+
+# --------------------------------------------------------------------------- the regularizers
+
+
+def geometric_consistency_loss(
+    v: Tensor, t: Tensor, v_aug: Tensor | None = None, t_aug: Tensor | None = None
+) -> Tensor:
+    """L_GC, plus L^a_GC when both augmented views are given (paper.md, "Geometric consistency")."""
+    _check_features("geometric_consistency_loss", v=v, t=t, v_aug=v_aug, t_aug=t_aug)
+    with _full_precision(v):
+        v, t, v_aug, t_aug = _wide(v), _wide(t), _wide(v_aug), _wide(t_aug)
+        total = _cross_and_intra_sq(v, t)
+        if v_aug is not None and t_aug is not None:
+            total = total + _gram_distance_sq(v, v_aug) + _gram_distance_sq(t, t_aug)
+            total = total + (_row_dot(v, t) - _row_dot(v_aug, t_aug)).square().sum()
+        return total / v.shape[0]
+
+
+def sample_bridge_times(
+    n: int,
+    low: float,
+    high: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Per-sample bridge times s ~ U(low, high), shape [n], float32; pass as `s` to `brownian_bridge_loss`."""
+    if not 0.0 < low < high < 1.0:
+        raise ValueError(f"sample_bridge_times: need 0 < low < high < 1, got low={low}, high={high}")
+    return low + (high - low) * torch.rand(n, generator=generator, device=device)
+
+
+def brownian_bridge_loss(v: Tensor, t: Tensor, v_aug: Tensor, s: float | Tensor = 0.25) -> Tensor:
+    """L_BB = mean_j ||v^a_j - mu_j||^2, mu_j the normalized point s v_j + (1-s) t_j on the bridge."""
+    fn_name = "brownian_bridge_loss"
+    if v_aug is None:
+        raise ValueError(f"{fn_name}: v_aug is required (the augmented view is the point on the bridge)")
+    _check_features(fn_name, v=v, t=t, v_aug=v_aug)
+    if isinstance(s, Tensor):
+        if s.shape != (v.shape[0],):
+            raise ValueError(f"{fn_name}: s has shape {tuple(s.shape)}, expected ({v.shape[0]},) or a float")
+        s = _wide(s).unsqueeze(1)  # (N, 1) broadcasts over D
+    elif not 0.0 < s < 1.0:
+        raise ValueError(f"{fn_name}: s={s} must lie in (0, 1)")
+    with _full_precision(v):
+        v, t, v_aug = _wide(v), _wide(t), _wide(v_aug)
+        mean = F.normalize(s * v + (1 - s) * t, dim=1)
+        return (v_aug - mean).square().sum(dim=1).mean()
+
+
+def _info_nce(x: Tensor, y: Tensor, temperature: float | Tensor) -> Tensor:
+    logits = (x @ y.T) / temperature  # (N, N): row j scores x_j against every y_k
+    return F.cross_entropy(logits, torch.arange(x.shape[0], device=x.device))
+
+
+def _uniformity(x: Tensor) -> Tensor:
+    """log mean_jk exp(-2 ||x_j - x_k||^2) (Wang & Isola, t = 2), all pairs including j = k."""
+    sq_norms = x.square().sum(dim=1)
+    sq_dist = (sq_norms[:, None] + sq_norms[None, :] - 2 * _gram(x)).clamp_min(0)  # (N, N)
+    return torch.logsumexp((-2 * sq_dist).flatten(), dim=0) - 2 * math.log(x.shape[0])
+
+
+def feature_separation_loss(
+    v: Tensor,
+    t: Tensor,
+    u: Tensor,
+    w: Tensor,
+    u_aug: Tensor | None = None,
+    w_aug: Tensor | None = None,
+    temperature: float | Tensor = 0.07,
+) -> Tensor:
+    """L_DFS = L_ortho + L_icon + L_uni; L_icon only when both augmented views are given."""
+    fn_name = "feature_separation_loss"
+    _check_features(fn_name, v=v, t=t, u=u, w=w, u_aug=u_aug, w_aug=w_aug)
+    if not torch.compiler.is_compiling() and not float(temperature) > 0:
+        raise ValueError(f"{fn_name}: temperature={float(temperature)} must be > 0")
+    with _full_precision(v):
+        v, t, u, w, u_aug, w_aug = map(_wide, (v, t, u, w, u_aug, w_aug))
+        ortho = (_row_dot(v, u).square() + _row_dot(t, w).square()).mean()
+        total = ortho + _uniformity(u) + _uniformity(w)
+        if u_aug is not None and w_aug is not None:
+            total = total + _info_nce(u, u_aug, temperature) + _info_nce(w, w_aug, temperature)
+        return total
+
+
+def alignment_pressure_loss(v: Tensor, t: Tensor) -> Tensor:
+    """mean_j (1 - <v_j, t_j>): explicit pressure towards exact alignment (the toy's ablation)."""
+    _check_features("alignment_pressure_loss", v=v, t=t)
+    with _full_precision(v):
+        return (1 - _row_dot(_wide(v), _wide(t))).mean()
+
+
+# --------------------------------------------------------------------------- the loss module
+
+
+def _distributed_world_size() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+def _gather_global_batch(features: dict[str, Tensor | None]) -> dict[str, Tensor | None]:
+    """Every rank's features, concatenated in rank order, with gradients back to each rank's shard.
+
+    All tensors travel in one collective: they are joined along dim 1, gathered, and split again.
+    Each rank must hold the same number of rows.
+    """
+    from torch.distributed.nn.functional import all_gather
+
+    present = {name: x for name, x in features.items() if x is not None}
+    widths = [x.shape[1] for x in present.values()]
+    dtype = present["image_features"].dtype
+    for x in present.values():
+        dtype = torch.promote_types(dtype, x.dtype)
+    local = torch.cat([x.to(dtype) for x in present.values()], dim=1)  # (b, sum of widths)
+    gathered = torch.cat(all_gather(local), dim=0)  # (W * b, sum of widths)
+    parts = dict(zip(present, gathered.split(widths, dim=1), strict=True))
+    return {name: parts.get(name) for name in features}
+
+
+class LatentStructureLoss(nn.Module):
+    """The base contrastive loss plus the paper's regularizers, as open_clip-style weighted terms.
+
+    forward returns a dict whose `_loss` keys are already weighted; the objective is their sum
+    (`trainers.family.total_loss`). Terms with weight 0 are neither computed nor returned.
+    `contrastive=False` leaves out the contrastive (and in-modal) terms, for models such as
+    ALBEF that have their own ITC.
+    """
+
+    def __init__(self, config: RegularizerConfig, contrastive: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.contrastive = contrastive
+        # features are gathered here once, so ClipLoss always sees the global batch as one worker
+        self.clip_loss = ClipLoss()
+
+    @property
+    def needs_augmented_views(self) -> bool:
+        config = self.config
+        return config.gc > 0 or config.bb > 0 or config.dfs > 0 or (self.contrastive and config.inmodal)
+
+    @property
+    def needs_independent_features(self) -> bool:
+        return self.config.dfs > 0
+
+    def forward(
+        self,
+        image_features: Tensor,
+        text_features: Tensor,
+        logit_scale: Tensor | float,
+        *,
+        image_aug: Tensor | None = None,
+        text_aug: Tensor | None = None,
+        image_independent: Tensor | None = None,
+        text_independent: Tensor | None = None,
+        image_independent_aug: Tensor | None = None,
+        text_independent_aug: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        config = self.config
+        self._check_required(image_aug, text_aug, image_independent, text_independent)
+        if not self.needs_augmented_views:
+            image_aug = text_aug = None  # nothing uses them: don't gather them
+        features = {
+            "image_features": image_features,
+            "text_features": text_features,
+            "image_aug": image_aug,
+            "text_aug": text_aug,
+            "image_independent": image_independent if config.dfs > 0 else None,
+            "text_independent": text_independent if config.dfs > 0 else None,
+            "image_independent_aug": image_independent_aug if config.dfs > 0 else None,
+            "text_independent_aug": text_independent_aug if config.dfs > 0 else None,
+            "bridge_times": self._bridge_times(image_features),
+        }
+        if _distributed_world_size() > 1:
+            features = _gather_global_batch(features)
+        return self._terms(logit_scale, **features)
+
+    def _check_required(self, image_aug, text_aug, image_independent, text_independent) -> None:
+        config = self.config
+        if config.bb > 0 and image_aug is None:
+            raise ValueError("LatentStructureLoss: image_aug is required when regularizers.bb > 0")
+        if self.contrastive and config.inmodal and (image_aug is None or text_aug is None):
+            raise ValueError("LatentStructureLoss: regularizers.inmodal needs image_aug and text_aug")
+        if config.dfs > 0 and (image_independent is None or text_independent is None):
+            raise ValueError(
+                "LatentStructureLoss: image_independent and text_independent are required when "
+                "regularizers.dfs > 0"
+            )
+
+    def _bridge_times(self, image_features: Tensor) -> Tensor | None:
+        """Per-sample s drawn on each rank's own rows (then gathered with them), or None for a fixed s."""
+        if self.config.bb == 0 or self.config.bb_s_range is None:
+            return None
+        low, high = self.config.bb_s_range
+        return sample_bridge_times(image_features.shape[0], low, high, device=image_features.device)[:, None]
+
+    def _terms(
+        self,
+        logit_scale: Tensor | float,
+        image_features: Tensor,
+        text_features: Tensor,
+        image_aug: Tensor | None,
+        text_aug: Tensor | None,
+        image_independent: Tensor | None,
+        text_independent: Tensor | None,
+        image_independent_aug: Tensor | None,
+        text_independent_aug: Tensor | None,
+        bridge_times: Tensor | None,
+    ) -> dict[str, Tensor]:
+        config = self.config
+        v, t = image_features, text_features
+        losses: dict[str, Tensor] = {}
+        if self.contrastive:
+            clip = self.clip_loss(v, t, logit_scale)
+            if config.inmodal:
+                # L_Con = 1/2 (L_clip + 1/2 (L_V2V + L_T2T)), CyCLIP's in-modal logits s V (V^a)^T
+                losses["contrastive_loss"] = clip / 2
+                in_modal = _info_nce(v, image_aug, 1 / logit_scale) + _info_nce(t, text_aug, 1 / logit_scale)
+                losses["inmodal_loss"] = in_modal / 4
+            else:
+                losses["contrastive_loss"] = clip
+        if config.align > 0:
+            losses["align_loss"] = config.align * alignment_pressure_loss(v, t)
+        if config.gc > 0:
+            losses["gc_loss"] = config.gc * geometric_consistency_loss(v, t, image_aug, text_aug)
+        if config.bb > 0:
+            s = config.bb_s if bridge_times is None else bridge_times[:, 0]
+            losses["bb_loss"] = config.bb * brownian_bridge_loss(v, t, image_aug, s)
+        if config.dfs > 0:
+            # the DFS temperature follows the learned one without training it
+            temperature = config.dfs_temperature or 1 / _detached(logit_scale)
+            separation = feature_separation_loss(
+                v, t, image_independent, text_independent, image_independent_aug, text_independent_aug,
+                temperature=temperature,
+            )
+            losses["dfs_loss"] = config.dfs * separation
+        return losses
+
+
+def _detached(x: Tensor | float) -> Tensor | float:
+    return x.detach() if isinstance(x, Tensor) else x
