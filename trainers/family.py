@@ -46,6 +46,9 @@ class Family:
     build_collate: Callable[[RunConfig], Callable[[list[Any]], Batch]]
     # downstream evaluation of a trained module: {"zeroshot/top1": ..., ...}
     evaluate: Callable[[TrainingModule, RunConfig, torch.device], dict[str, float]]
+    # image/text embeddings of evaluation pairs ({"image", "text", "labels"} arrays) for the
+    # report's PCA view; saved as embeddings.npz in the last checkpoint
+    embedding_sample: Callable[[TrainingModule, RunConfig, torch.device], dict[str, Any]] | None = None
 
 
 def get_family(name: str) -> Family:

@@ -1,0 +1,225 @@
+"""The CLIP two-tower family: an open_clip model, the paper's regularizers, and its evaluation.
+
+The model is whatever `open_clip.create_model` builds (ViT-B-32, RN50, ... or the small
+configs shipped in trainers/model_configs). The regularizers need two things open_clip does
+not give: the pooled encoder output before the projection (DFS heads are projections
+parallel to the model's own) and a second pass over augmented views. Both exist only when an
+active term needs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from torch import nn
+
+from trainers.config import RunConfig
+from trainers.family import Batch, Family, TrainingModule
+from trainers.regularizers import LatentStructureLoss
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+# open_clip clamps the learned logit scale at ln(100) after every step
+MAX_LOGIT_SCALE = 4.6052
+
+
+def create_open_clip_model(arch: str, pretrained: str | None) -> nn.Module:
+    """open_clip's factory; `pretrained` is a tag (needs a hub) or a local checkpoint file."""
+    if arch not in open_clip.list_models():
+        raise ValueError(f"model.arch: unknown open_clip architecture {arch!r}")
+    if pretrained and ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))):
+        if not Path(pretrained).is_file():
+            raise ValueError(f"model.pretrained: {pretrained} does not exist")
+    return open_clip.create_model(arch, pretrained=pretrained or None)
+
+
+class _ProjectionHead(nn.Module):
+    """Applies a projection taken out of an open_clip tower (a parameter matrix or a Linear)."""
+
+    def __init__(self, projection: nn.Parameter | nn.Module | None) -> None:
+        super().__init__()
+        if isinstance(projection, nn.Parameter):
+            self.weight = projection
+            self.linear = None
+        else:
+            self.weight = None
+            self.linear = projection if projection is not None else nn.Identity()
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return pooled @ self.weight if self.weight is not None else self.linear(pooled)
+
+
+def _take_projection(owner: nn.Module, attribute: str) -> _ProjectionHead:
+    """Move a tower's final projection out of it, so the tower returns its pooled output.
+
+    Towers without a separable projection (ModifiedResNet's attention pool ends in its own
+    c_proj) keep it: their pooled output then is the embedding itself.
+    """
+    projection = getattr(owner, attribute, None)
+    if projection is not None:
+        setattr(owner, attribute, None)
+    return _ProjectionHead(projection)
+
+
+def _output_width(head: _ProjectionHead, embed_dim: int) -> int:
+    if head.weight is not None:
+        return head.weight.shape[0]
+    if isinstance(head.linear, nn.Linear):
+        return head.linear.in_features
+    return embed_dim
+
+
+class ClipTrainingModule(TrainingModule):
+    def __init__(self, cfg: RunConfig) -> None:
+        super().__init__()
+        self.model = create_open_clip_model(cfg.model.arch, cfg.model.pretrained)
+        embed_dim = open_clip.get_model_config(cfg.model.arch)["embed_dim"]
+        self.image_projection = _take_projection(self.model.visual, "proj")
+        self.text_projection = _take_projection(self.model, "text_projection")
+        self.criterion = LatentStructureLoss(cfg.regularizers)
+        self.image_independent: nn.Module | None = None
+        self.text_independent: nn.Module | None = None
+        if self.criterion.needs_independent_features:
+            self.image_independent = nn.Linear(_output_width(self.image_projection, embed_dim), embed_dim, bias=False)
+            self.text_independent = nn.Linear(_output_width(self.text_projection, embed_dim), embed_dim, bias=False)
+
+    # ---------------------------------------------------------------- encoders
+    def encode_images(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        pooled = self.model.visual(images)
+        return self._features(pooled, self.image_projection, self.image_independent)
+
+    def encode_texts(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        pooled = self.model.encode_text(tokens)
+        return self._features(pooled, self.text_projection, self.text_independent)
+
+    @staticmethod
+    def _features(pooled: torch.Tensor, projection: nn.Module, independent: nn.Module | None) -> dict:
+        features = {"pooled": pooled, "shared": F.normalize(projection(pooled), dim=-1)}
+        if independent is not None:
+            features["independent"] = F.normalize(independent(pooled), dim=-1)
+        return features
+
+    # ---------------------------------------------------------------- training
+    def forward(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        image = self.encode_images(batch["image"])
+        text = self.encode_texts(batch["text"])
+        views: dict[str, Any] = {}
+        if self.criterion.needs_augmented_views and "image_aug" in batch:
+            image_aug = self.encode_images(batch["image_aug"])
+            text_aug = self.encode_texts(batch["text_aug"])
+            views = {"image_aug": image_aug["shared"], "text_aug": text_aug["shared"]}
+            if self.image_independent is not None:
+                views |= {
+                    "image_independent_aug": image_aug["independent"],
+                    "text_independent_aug": text_aug["independent"],
+                }
+        if self.image_independent is not None:
+            views |= {"image_independent": image["independent"], "text_independent": text["independent"]}
+        logit_scale = self.model.logit_scale.exp()
+        losses = self.criterion(image["shared"], text["shared"], logit_scale, **views)
+        return losses, {"logit_scale": logit_scale.item()}
+
+    def after_optimizer_step(self) -> None:
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+
+# -------------------------------------------------------------------- data
+
+
+def image_size_of(arch: str) -> int:
+    size = open_clip.get_model_config(arch)["vision_cfg"]["image_size"]
+    return size if isinstance(size, int) else size[0]
+
+
+def images_to_model_input(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """uint8 [B,3,H,W] -> float, resized to the model's input, normalized as OpenAI CLIP."""
+    x = images.float().div_(255)
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    mean = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+class ClipCollate:
+    """List of data set items -> Batch: stacked, normalized images and tokenized captions."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.image_size = image_size_of(cfg.model.arch)
+        self.tokenizer = open_clip.get_tokenizer(cfg.model.arch)
+
+    def __call__(self, items: list[dict[str, Any]]) -> Batch:
+        batch = {
+            "image": images_to_model_input(torch.stack([item["image"] for item in items]), self.image_size),
+            "text": self.tokenizer([item["caption"] for item in items]),
+        }
+        if "image_aug" in items[0]:
+            batch["image_aug"] = images_to_model_input(
+                torch.stack([item["image_aug"] for item in items]), self.image_size
+            )
+            batch["text_aug"] = self.tokenizer([item["caption_aug"] for item in items])
+        return batch
+
+
+def build_train_dataset(cfg: RunConfig) -> torch.utils.data.Dataset:
+    from trainers.data import build_pretrain_dataset
+
+    needs_views = LatentStructureLoss(cfg.regularizers).needs_augmented_views
+    return build_pretrain_dataset(cfg.data, "train", augment=needs_views)
+
+
+# -------------------------------------------------------------------- evaluation
+
+
+def tower_encoders(
+    module: ClipTrainingModule, cfg: RunConfig, device: torch.device
+) -> tuple[Callable[[torch.Tensor], dict], Callable[[list[str]], dict]]:
+    """The (images -> features, captions -> features) pair that the evaluation suite calls."""
+    image_size = image_size_of(cfg.model.arch)
+    tokenizer = open_clip.get_tokenizer(cfg.model.arch)
+
+    def encode_images(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return module.encode_images(images_to_model_input(images, image_size).to(device))
+
+    def encode_texts(captions: list[str]) -> dict[str, torch.Tensor]:
+        return module.encode_texts(tokenizer(captions).to(device))
+
+    return encode_images, encode_texts
+
+
+def evaluate(module: ClipTrainingModule, cfg: RunConfig, device: torch.device) -> dict[str, float]:
+    from trainers.data import build_task_sets
+    from trainers.evaluate.suite import evaluate_two_tower
+
+    module.eval()
+    encode_images, encode_texts = tower_encoders(module, cfg, device)
+    with torch.no_grad():
+        return evaluate_two_tower(encode_images, encode_texts, build_task_sets(cfg.data), cfg.eval)
+
+
+def embedding_sample(module: ClipTrainingModule, cfg: RunConfig, device: torch.device) -> dict:
+    """Image and text embeddings of evaluation pairs, for the report's PCA view."""
+    from trainers.data import build_task_sets
+    from trainers.evaluate.suite import embedding_sample as sample
+
+    module.eval()
+    encode_images, encode_texts = tower_encoders(module, cfg, device)
+    with torch.no_grad():
+        return sample(encode_images, encode_texts, build_task_sets(cfg.data))
+
+
+CLIP_FAMILY = Family(
+    build_module=ClipTrainingModule,
+    build_train_dataset=build_train_dataset,
+    build_collate=ClipCollate,
+    evaluate=evaluate,
+    embedding_sample=embedding_sample,
+)

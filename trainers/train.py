@@ -1,0 +1,126 @@
+"""`python -m trainers.train CONFIG.yaml [--set dotted.key=value ...] [--address ADDR]`
+
+Runs one configuration under Ray Train (`TorchTrainer` over `trainers.loop.train_loop_per_worker`)
+and writes the final metrics as JSON. Running the same command again with the same `name` and
+`--storage` resumes the run from its last checkpoint (Ray Train restores by run name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from trainers.config import ConfigError, RunConfig, load_run_config
+
+AUTH_TOKEN_HINT = "token: `cat ~/.ray/auth_token` (Ray's token authentication is on)"
+
+
+def build_torch_trainer(
+    cfg: RunConfig,
+    storage_path: str,
+    run_name: str,
+    callbacks: list[Any] = (),
+    loop_options: dict[str, Any] | None = None,
+):
+    """The TorchTrainer for one run; a trial of a study and `trainers.train` both use it."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from trainers.loop import train_loop_per_worker
+
+    resources = cfg.resources
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run": cfg.model_dump(mode="json"), **(loop_options or {})},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=resources.num_workers,
+            use_gpu=resources.use_gpu,
+            resources_per_worker={"CPU": resources.cpus_per_worker, **({"GPU": 1} if resources.use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=list(callbacks),
+        ),
+    )
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Join a cluster (`--address`) or start a local one bound to 127.0.0.1, and say where its dashboard is."""
+    import ray
+
+    # Workers inherit these; keeps them from importing what they never use.
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if address:
+        context = ray.init(address=address, log_to_driver=True)
+    else:
+        context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
+    url = context.dashboard_url
+    if url:
+        print(f"Ray dashboard: http://{url}  ({AUTH_TOKEN_HINT})", flush=True)
+
+
+def absolute_storage(path: str) -> str:
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainers.train", description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="run YAML (or a study YAML: its base configuration is run)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
+    parser.add_argument("--storage", default="runs", help="directory or URI for checkpoints and metrics")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+
+    try:
+        cfg = load_run_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    storage = absolute_storage(args.storage)
+    init_ray(args.address)
+    trainer = build_torch_trainer(
+        cfg,
+        storage,
+        cfg.name,
+        loop_options={
+            "show_progress": not args.no_progress,
+            "tensorboard_dir": str(Path(storage) / cfg.name / "tensorboard") if "://" not in storage else None,
+        },
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray wraps worker errors; show the cause in one line
+        if args.debug:
+            raise
+        print(f"error: training failed: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
+        return 1
+    from trainers.loop import NONFINITE_KEY
+
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float | str)}
+    if NONFINITE_KEY in metrics:
+        print(f"error: {metrics[NONFINITE_KEY]}", file=sys.stderr)
+        return 1
+    out = Path(storage) / cfg.name / "metrics.json" if "://" not in storage else Path("metrics.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    tmp.replace(out)
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
+                      if "/" in k and not k.startswith("train/")}, indent=1))
+    print(f"metrics: {out}\ncheckpoint: {result.checkpoint.path if result.checkpoint else None}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
