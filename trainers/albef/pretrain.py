@@ -1,0 +1,157 @@
+"""ALBEF's pre-training objective (ITC with momentum distillation, ITM with hard negatives, MLM)
+plus the paper's latent-structure regularizers on the unimodal projected [CLS] features.
+
+Follows salesforce/ALBEF models/model_pretrain.py; the regularizers' augmented views are the
+momentum encoders' projected features (shared/paper.md, "Where they attach").
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainers.albef.mlm import SpecialTokens, mask_tokens
+from trainers.albef.model import AlbefModel, momentum_copy, momentum_update
+from trainers.albef.queue import FeatureQueue
+from trainers.config import RunConfig
+from trainers.family import Batch, TrainingModule
+from trainers.regularizers import LatentStructureLoss
+
+TEMPERATURE_RANGE = (0.001, 0.5)
+INITIAL_TEMPERATURE = 0.07
+
+
+class AlbefPretraining(TrainingModule):
+    def __init__(self, cfg: RunConfig, tokens: SpecialTokens):
+        super().__init__()
+        model_config = cfg.model
+        with_dfs = cfg.regularizers.dfs > 0
+        self.model = AlbefModel(model_config, cfg.data.image_size, tokens.vocab_size, with_dfs)
+        self.towers_m = momentum_copy(self.model.towers)
+        self.image_queue = FeatureQueue(model_config.queue_size, model_config.embed_dim)
+        self.text_queue = FeatureQueue(model_config.queue_size, model_config.embed_dim)
+        self.temperature = nn.Parameter(torch.tensor(INITIAL_TEMPERATURE))
+        self.regularizer = LatentStructureLoss(cfg.regularizers, contrastive=False)
+        self.tokens = tokens
+        self.momentum = model_config.momentum
+        self.distill_alpha = model_config.distill_alpha
+        self.mlm_probability = model_config.mlm_probability
+
+    def forward(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        image, input_ids, attention_mask = batch["image"], batch["input_ids"], batch["attention_mask"]
+        towers = self.model.towers
+        image_embeds = towers.encode_image(image)
+        text_embeds = towers.encode_text(input_ids, attention_mask)
+        image_features = towers.image_features(image_embeds)
+        text_features = towers.text_features(text_embeds)
+        with torch.no_grad():
+            image_features_m = self.towers_m.image_features(self.towers_m.encode_image(image))
+            text_features_m = self.towers_m.text_features(
+                self.towers_m.encode_text(input_ids, attention_mask)
+            )
+
+        itc_loss, sim_i2t, sim_t2i = self._itc_loss(
+            image_features["shared"],
+            text_features["shared"],
+            image_features_m["shared"],
+            text_features_m["shared"],
+        )
+        self.image_queue.enqueue(image_features_m["shared"])
+        self.text_queue.enqueue(text_features_m["shared"])
+        itm_loss, itm_accuracy = self._itm_loss(image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i)
+        losses = {
+            "itc_loss": itc_loss,
+            "itm_loss": itm_loss,
+            "mlm_loss": self._mlm_loss(input_ids, attention_mask, image_embeds),
+        }
+        losses.update(
+            self._regularizer_losses(image_features, text_features, image_features_m, text_features_m)
+        )
+        temperature = float(self.temperature.detach())
+        metrics = {"temperature": temperature, "logit_scale": 1.0 / temperature, "itm_accuracy": itm_accuracy}
+        return losses, metrics
+
+    def after_optimizer_step(self) -> None:
+        # After the step, not in forward as ALBEF does, so gradient accumulation moves the
+        # momentum encoders once per optimizer step; the first forward sees identical copies either way.
+        with torch.no_grad():
+            self.temperature.clamp_(*TEMPERATURE_RANGE)
+        momentum_update(self.model.towers, self.towers_m, self.momentum)
+
+    # ------------------------------------------------------------------ ITC
+
+    def _itc_loss(self, image_feat, text_feat, image_feat_m, text_feat_m):
+        """Contrast against the batch's momentum features plus the queues, with soft targets
+        alpha * softmax(momentum similarities) + (1 - alpha) * one-hot (momentum distillation)."""
+        temperature = self.temperature
+        with torch.no_grad():
+            image_feat_all = torch.cat([image_feat_m, self.image_queue.features.clone()])  # (B+Q, D)
+            text_feat_all = torch.cat([text_feat_m, self.text_queue.features.clone()])
+            one_hot = torch.zeros(image_feat.shape[0], text_feat_all.shape[0], device=image_feat.device)
+            one_hot.fill_diagonal_(1.0)
+            targets_i2t = self._soft_targets(image_feat_m @ text_feat_all.T / temperature, one_hot)
+            targets_t2i = self._soft_targets(text_feat_m @ image_feat_all.T / temperature, one_hot)
+        sim_i2t = image_feat @ text_feat_all.T / temperature  # (B, B+Q)
+        sim_t2i = text_feat @ image_feat_all.T / temperature
+        loss_i2t = -(F.log_softmax(sim_i2t.float(), dim=1) * targets_i2t).sum(1).mean()
+        loss_t2i = -(F.log_softmax(sim_t2i.float(), dim=1) * targets_t2i).sum(1).mean()
+        return (loss_i2t + loss_t2i) / 2, sim_i2t, sim_t2i
+
+    def _soft_targets(self, sim_m: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
+        return self.distill_alpha * F.softmax(sim_m.float(), dim=1) + (1 - self.distill_alpha) * one_hot
+
+    # ------------------------------------------------------------------ ITM
+
+    def _itm_loss(self, image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i):
+        """Positive pairs, plus per image a hard negative text and per text a hard negative image,
+        each drawn with probability softmax(similarity) over the other pairs in the batch."""
+        batch_size = image_embeds.shape[0]
+        if batch_size > 1:
+            with torch.no_grad():
+                negative_image = _sample_hard_negatives(sim_t2i[:, :batch_size])  # for each text
+                negative_text = _sample_hard_negatives(sim_i2t[:, :batch_size])  # for each image
+            image_all = torch.cat([image_embeds, image_embeds[negative_image], image_embeds])
+            text_all = torch.cat([text_embeds, text_embeds, text_embeds[negative_text]])
+            mask_all = torch.cat([attention_mask, attention_mask, attention_mask[negative_text]])
+        else:  # a lone pair has no negative to draw
+            image_all, text_all, mask_all = image_embeds, text_embeds, attention_mask
+        logits = self.model.itm_logits(text_all, mask_all, image_all)  # (3B, 2)
+        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        labels[:batch_size] = 1
+        accuracy = float((logits.argmax(1) == labels).float().mean())
+        return F.cross_entropy(logits.float(), labels), accuracy
+
+    # ------------------------------------------------------------------ MLM
+
+    def _mlm_loss(self, input_ids, attention_mask, image_embeds):
+        masked_ids, labels = mask_tokens(input_ids, self.tokens, self.mlm_probability)
+        text_embeds = self.model.towers.encode_text(masked_ids, attention_mask)
+        logits = self.model.mlm_head(self.model.fuse(text_embeds, attention_mask, image_embeds))  # (B, T, V)
+        total = F.cross_entropy(
+            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
+        )
+        # A batch where no token was drawn contributes 0 rather than 0/0.
+        return total / (labels != -100).sum().clamp(min=1)
+
+    # ------------------------------------------------------------------ regularizers
+
+    def _regularizer_losses(self, image_features, text_features, image_features_m, text_features_m):
+        # The momentum features are computed for ITC anyway, so the views cost nothing extra.
+        views = {"image_aug": image_features_m["shared"], "text_aug": text_features_m["shared"]}
+        if "independent" in image_features:
+            views |= {
+                "image_independent": image_features["independent"],
+                "text_independent": text_features["independent"],
+                "image_independent_aug": image_features_m["independent"],
+                "text_independent_aug": text_features_m["independent"],
+            }
+        logit_scale = 1.0 / self.temperature
+        return self.regularizer(image_features["shared"], text_features["shared"], logit_scale, **views)
+
+
+def _sample_hard_negatives(similarity: torch.Tensor) -> torch.Tensor:
+    """One index per row, drawn from softmax(similarity) with the row's own pair excluded."""
+    weights = F.softmax(similarity.float(), dim=1) + 1e-5
+    weights.fill_diagonal_(0.0)
+    return torch.multinomial(weights, 1).squeeze(1)
