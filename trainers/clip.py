@@ -34,9 +34,9 @@ def create_open_clip_model(arch: str, pretrained: str | None) -> nn.Module:
     """open_clip's factory; `pretrained` is a tag (needs a hub) or a local checkpoint file."""
     if arch not in open_clip.list_models():
         raise ValueError(f"model.arch: unknown open_clip architecture {arch!r}")
-    if pretrained and ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))):
-        if not Path(pretrained).is_file():
-            raise ValueError(f"model.pretrained: {pretrained} does not exist")
+    looks_like_file = pretrained and ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors")))
+    if looks_like_file and not Path(pretrained).is_file():
+        raise ValueError(f"model.pretrained: {pretrained} does not exist")
     return open_clip.create_model(arch, pretrained=pretrained or None)
 
 
