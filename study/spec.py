@@ -43,7 +43,8 @@ class _Param(_Strict):
 
     @model_validator(mode="after")
     def _off_needs_optional(self):
-        if "off_value" in self.model_fields_set and not self.optional:
+        # compared with the default, not "was it set": the resolved study.yaml writes every field
+        if not self.optional and self.off_value != 0:
             raise ValueError("off_value: only meaningful with optional: true")
         return self
 

@@ -1,0 +1,355 @@
+"""Study files: the shipped search spaces load, --set overrides, every bad file gets one clear line
+naming its dotted path, and the search space compiles to the Optuna distributions / Tune grid we expect."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from ray.tune.search import Repeater
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search.variant_generator import generate_variants
+
+from study.search import grid_param_space, optuna_define_by_run, seed_for_trial, switch_name, trial_params
+from study.spec import StudySpec, load_study
+from trainers.config import ConfigError, RunConfig
+
+SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+
+GOOD_STUDY = """
+name: gc
+base:
+  data: {train_size: 256, eval_size: 64, image_size: 32}
+  train: {epochs: 2}
+search:
+  method: optuna
+  metric: zeroshot/top1
+  num_samples: 3
+  seeds: [0, 1]
+  space:
+    regularizers.gc: {type: loguniform, low: 0.01, high: 10.0}
+"""
+
+
+def write_study(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def study_with(tmp_path: Path, edit) -> Path:
+    """GOOD_STUDY with `edit(tree)` applied: one defect per test case."""
+    tree = yaml.safe_load(GOOD_STUDY)
+    edit(tree)
+    return write_study(tmp_path, yaml.safe_dump(tree))
+
+
+@pytest.fixture
+def paper_paths(tmp_path: Path) -> list[str]:
+    for name in ("cc3m", "cifar10", "cifar100", "imagenet"):
+        (tmp_path / name).mkdir()
+    zeroshot = [f"{name}:{tmp_path / name}" for name in ("cifar10", "cifar100", "imagenet")]
+    return [f"base.data.path={tmp_path}/cc3m/{{00000..00331}}.tar", f"base.data.zeroshot={zeroshot}"]
+
+
+# --------------------------------------------------------------------------- shipped files
+
+
+@pytest.mark.parametrize("path", sorted(SEARCH_SPACES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_search_space_loads(path: Path, paper_paths: list[str]):
+    overrides = paper_paths if path.name == "paper_clip.yaml" else []
+    spec = load_study(path, overrides)
+    assert spec.name == path.stem
+    assert spec.num_trials() >= 2
+    # every parameter value the search can produce builds a valid trial configuration
+    params = {key: next(iter(param.sample_values().values())) for key, param in spec.search.space.items()}
+    assert isinstance(spec.trial_run_config({**params, "train.seed": 1}), RunConfig)
+
+
+def test_paper_clip_needs_its_paths_filled_in():
+    with pytest.raises(ConfigError) as error:
+        load_study(SEARCH_SPACES / "paper_clip.yaml")
+    message = str(error.value)
+    assert message.startswith("base.data.path: directory /path/to/cc3m")
+    assert "base.data.zeroshot[0]: /path/to/cifar10 does not exist" in message
+
+
+def test_paper_clip_is_the_papers_setup(paper_paths: list[str]):
+    base = load_study(SEARCH_SPACES / "paper_clip.yaml", paper_paths).base
+    assert (base.model.arch, base.data.dataset, base.train.epochs, base.train.batch_size) == (
+        "RN50", "webdataset", 64, 128)
+    assert (base.train.lr, base.train.weight_decay, base.train.warmup_steps) == (5e-4, 0.1, 10000)
+    assert (base.resources.num_workers, base.resources.use_gpu) == (8, True)
+
+
+def test_default_gc_study_is_small_enough_for_a_laptop():
+    spec = load_study(SEARCH_SPACES / "gc.yaml")
+    assert spec.base.model.arch == "tiny-vit" and not spec.base.resources.use_gpu
+    assert spec.search.seeds == [0, 1] and spec.num_trials() == 8
+
+
+def test_combos_is_every_on_off_combination_times_seeds():
+    spec = load_study(SEARCH_SPACES / "combos.yaml")
+    cells = {tuple(v[k] for k in ("regularizers.gc", "regularizers.bb", "regularizers.dfs"))
+             for _, v in generate_variants(grid_param_space(spec.search.space, spec.search.seeds))}
+    assert len(cells) == 8 and spec.num_trials() == 24
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def test_set_overrides_any_key(tmp_path: Path):
+    spec = load_study(write_study(tmp_path, GOOD_STUDY), [
+        "base.train.epochs=1", "search.num_samples=2", "search.seeds=[0]", "name=renamed",
+        "search.space.regularizers.gc.low=0.1",
+        "search.space.regularizers.bb={type: uniform, low: 0.0, high: 2.0}",
+    ])
+    assert (spec.base.train.epochs, spec.search.num_samples, spec.search.seeds, spec.name) == (1, 2, [0], "renamed")
+    assert spec.search.space["regularizers.gc"].low == 0.1
+    assert spec.search.space["regularizers.bb"].type == "uniform"
+    assert spec.num_trials() == 2
+
+
+def test_bad_override_names_its_path(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"^base\.train\.epochs: Input should be greater than or equal to 1"):
+        load_study(write_study(tmp_path, GOOD_STUDY), ["base.train.epochs=0"])
+    with pytest.raises(ConfigError, match=r"^--set search\.seeds: expected dotted\.key=value"):
+        load_study(write_study(tmp_path, GOOD_STUDY), ["search.seeds"])
+
+
+def test_resolved_study_round_trips_through_yaml(tmp_path: Path):
+    spec = load_study(write_study(tmp_path, GOOD_STUDY))
+    resolved = write_study(tmp_path, yaml.safe_dump(spec.to_yaml_dict()))
+    assert load_study(resolved) == spec
+    assert spec.to_yaml_dict()["base"]["train"]["lr"] == 5e-4  # defaults are filled in
+
+
+# --------------------------------------------------------------------------- bad files
+
+
+def _set(path: str, value):
+    def edit(tree):
+        node = tree
+        *parents, last = path.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return edit
+
+
+def _edits(*edits):
+    def edit(tree):
+        for one in edits:
+            one(tree)
+    return edit
+
+
+BAD_STUDIES = {
+    "unknown top-level key": (_set("seach", {}), r"^seach: unknown key$"),
+    "unknown key in base": (_set("base/regularizers/gcc", 1.0), r"^base\.regularizers\.gcc: unknown key$"),
+    "unknown key in search": (_set("search/metrc", "x"), r"^search\.metrc: unknown key$"),
+    "unknown key in a param": (
+        _set("search/space/regularizers.gc/lo", 1), r"^search\.space\.regularizers\.gc\.lo: unknown key$"),
+    "unknown key in scheduler": (
+        _set("search/scheduler", {"type": "asha", "grace": 1}), r"^search\.scheduler\.grace: unknown key$"),
+    "wrong type in base": (_set("base/train/epochs", "five"), r"^base\.train\.epochs: Input should be a valid integer"),
+    "wrong type in search": (_set("search/num_samples", [1]), r"^search\.num_samples: Input should be a valid integer"),
+    "wrong param type": (
+        _set("search/space/regularizers.gc/type", "lognormal"),
+        r"^search\.space\.regularizers\.gc: Input tag 'lognormal'.*'loguniform'"),
+    "low >= high": (
+        _set("search/space/regularizers.gc", {"type": "uniform", "low": 2.0, "high": 1.0}),
+        r"^search\.space\.regularizers\.gc\.low: must be < high \(2\.0 >= 1\.0\)$"),
+    "loguniform low <= 0": (
+        _set("search/space/regularizers.gc/low", 0.0),
+        r"^search\.space\.regularizers\.gc\.low: must be > 0 for loguniform$"),
+    "log int low < 1": (
+        _set("search/space/train.epochs", {"type": "int", "low": 0, "high": 4, "log": True}),
+        r"^search\.space\.train\.epochs\.low: must be >= 1 for a log-scale int$"),
+    "unknown space key": (
+        _set("search/space/regularizers.gcc", {"type": "uniform", "low": 0, "high": 1}),
+        r"^search\.space\.regularizers\.gcc: unknown configuration key$"),
+    "space value of the wrong type": (
+        _set("search/space/train.epochs", {"type": "uniform", "low": 1, "high": 4}),
+        r"^search\.space\.train\.epochs: 2\.5 is not a valid value of train\.epochs \(Input should be a valid integer"),
+    "space value out of range": (
+        _set("search/space/regularizers.bb_s", {"type": "uniform", "low": 0.5, "high": 1.5}),
+        r"^search\.space\.regularizers\.bb_s\.high: 1\.5 is not a valid value of regularizers\.bb_s"),
+    "space sets the seed": (
+        _set("search/space/train.seed", {"type": "int", "low": 0, "high": 3}),
+        r"^search\.space\.train\.seed: seeds come from search\.seeds$"),
+    "unknown metric": (
+        _set("search/metric", "zeroshot/top2"),
+        r"^search\.metric: unknown metric 'zeroshot/top2' \(allowed: .*zeroshot/top1.*zeroshot/<set>/top"),
+    "metric task not evaluated": (
+        _set("base/eval/tasks", ["retrieval"]),
+        r"^search\.metric: zeroshot/top1 needs task 'zeroshot' in base\.eval\.tasks \(evaluated: retrieval\. "
+        r"Allowed metrics: .*retrieval/mean_recall"),
+    "missing data path": (
+        _set("base/data", {"dataset": "csv", "path": "/no/such/train.csv"}),
+        r"^base\.data\.path: /no/such/train\.csv does not exist$"),
+    "grid method with an optuna param": (
+        _set("search/method", "grid"),
+        r"^search\.space\.regularizers\.gc\.type: loguniform cannot be searched by method grid"),
+    "optuna method with a grid param": (
+        _set("search/space/regularizers.gc", {"type": "grid", "values": [0.0, 1.0]}),
+        r"^search\.space\.regularizers\.gc\.type: grid cannot be searched by method optuna"),
+    "grid with num_samples": (
+        _edits(_set("search/space/regularizers.gc", {"type": "grid", "values": [0.0, 1.0]}),
+               _set("search/method", "grid")),
+        r"^search\.num_samples: a grid runs each cell once per seed"),
+    "empty seeds": (_set("search/seeds", []), r"^search\.seeds: must list at least one seed$"),
+    "repeated seeds": (_set("search/seeds", [0, 1, 0]), r"^search\.seeds: must be unique \(repeated: 0\)$"),
+    "off_value without optional": (
+        _set("search/space/regularizers.gc/off_value", 0.5),
+        r"^search\.space\.regularizers\.gc\.off_value: only meaningful with optional: true$"),
+    "bare off key": (
+        _set("search/space/regularizers.gc", {"type": "loguniform", "low": 0.1, "high": 1.0, False: 0}),
+        r"^search\.space\.regularizers\.gc: a key reads as False"),
+    "asha grace beyond max_t": (
+        _set("search/scheduler", {"type": "asha", "grace_period": 5, "max_t": 2}),
+        r"^search\.scheduler\.grace_period: must be <= max_t \(5 > 2\)$"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_STUDIES, ids=str)
+def test_bad_study_gives_one_line_naming_the_key(tmp_path: Path, case: str):
+    edit, expected = BAD_STUDIES[case]
+    with pytest.raises(ConfigError) as error:
+        load_study(study_with(tmp_path, edit))
+    message = str(error.value)
+    assert "\n" not in message
+    assert re.search(expected, message), message
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path: Path):
+    path = write_study(tmp_path, "name: x\nsearch:\n  metric: [zeroshot/top1\n  mode: max\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:\d+:\d+: malformed YAML"):
+        load_study(path)
+
+
+def test_missing_search_section(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"^search: Field required$"):
+        load_study(write_study(tmp_path, "name: x\n"))
+
+
+@pytest.mark.parametrize("metric", [
+    "train/loss", "epoch", "zeroshot/top5", "zeroshot/cifar10/top3", "retrieval/t2i_r10",
+    "linear_probe/top1", "linear_probe/image_only/text_independent", "kshot/k5", "structure/modality_gap",
+])
+def test_known_metrics_are_accepted(tmp_path: Path, metric: str):
+    tasks = ["zeroshot", "retrieval", "linear_probe", "kshot", "structure"]
+    spec = load_study(study_with(tmp_path, _edits(_set("search/metric", metric), _set("base/eval/tasks", tasks))))
+    assert spec.search.metric == metric
+
+
+def test_kshot_metric_needs_its_k(tmp_path: Path):
+    edit = _edits(_set("search/metric", "kshot/k20"), _set("base/eval/tasks", ["kshot"]))
+    with pytest.raises(ConfigError, match=r"^search\.metric: kshot/k20 needs its K in base\.eval\.kshot"):
+        load_study(study_with(tmp_path, edit))
+
+
+# --------------------------------------------------------------------------- compiling the space
+
+
+def _space(method: str = "optuna", **params) -> dict:
+    tree = yaml.safe_load(GOOD_STUDY)
+    tree["search"]["method"] = method
+    if method == "grid":
+        del tree["search"]["num_samples"]
+    tree["search"]["space"] = {key.replace("__", "."): value for key, value in params.items()}
+    return StudySpec.model_validate(tree).search.space
+
+
+DISTRIBUTIONS = [
+    ("regularizers.bb_s", {"type": "uniform", "low": 0.1, "high": 0.9}, FloatDistribution(0.1, 0.9)),
+    ("regularizers.gc", {"type": "loguniform", "low": 0.01, "high": 10.0}, FloatDistribution(0.01, 10.0, log=True)),
+    ("train.epochs", {"type": "int", "low": 1, "high": 8}, IntDistribution(1, 8)),
+    ("train.epochs", {"type": "int", "low": 1, "high": 8, "log": True}, IntDistribution(1, 8, log=True)),
+    ("regularizers.align", {"type": "choice", "values": [0.0, 0.5, 1.0]}, CategoricalDistribution([0.0, 0.5, 1.0])),
+    ("regularizers.inmodal", {"type": "choice", "values": [False, True]}, CategoricalDistribution([False, True])),
+]
+
+
+@pytest.mark.parametrize(("key", "param", "expected"), DISTRIBUTIONS, ids=lambda x: str(x))
+def test_define_by_run_suggests_the_expected_distribution(key: str, param: dict, expected):
+    trial = optuna.create_study().ask()
+    constants = optuna_define_by_run(_space(**{key.replace(".", "__"): param}))(trial)
+    assert constants is None
+    assert trial.distributions == {key: expected}
+
+
+def test_optional_param_is_conditional():
+    space = _space(regularizers__gc={"type": "loguniform", "low": 0.01, "high": 10.0, "optional": True})
+    define = optuna_define_by_run(space)
+    off = optuna.trial.FixedTrial({switch_name("regularizers.gc"): False})
+    assert define(off) == {"regularizers.gc": 0}
+    on = optuna.trial.FixedTrial({switch_name("regularizers.gc"): True, "regularizers.gc": 0.3})
+    assert define(on) is None
+    # a real trial: the weight's distribution exists exactly when the switch is on
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        define(trial)
+        is_on = trial.params[switch_name("regularizers.gc")]
+        assert ("regularizers.gc" in trial.distributions) == is_on
+        seen.add(is_on)
+    assert seen == {False, True}
+
+
+def test_ray_optuna_search_gives_flat_dotted_configs_and_seeded_repeats():
+    spec = load_study(SEARCH_SPACES / "joint.yaml")
+    searcher = OptunaSearch(space=optuna_define_by_run(spec.search.space), metric="zeroshot/top1", mode="max", seed=3)
+    repeater = Repeater(searcher, repeat=len(spec.search.seeds), set_index=True)
+    configs = [repeater.suggest(f"t{i}") for i in range(2 * len(spec.search.seeds))]
+    for config in configs:
+        params = trial_params(config)
+        assert set(params) == {"regularizers.gc", "regularizers.bb", "regularizers.dfs"}
+        params["train.seed"] = seed_for_trial(config, spec.search.seeds)
+        run = spec.trial_run_config(params)
+        assert run.regularizers.gc == params["regularizers.gc"] and run.train.seed == params["train.seed"]
+    assert [seed_for_trial(c, spec.search.seeds) for c in configs] == spec.search.seeds * 2
+    assert trial_params(configs[0]) == trial_params(configs[1])  # repeats share the configuration
+
+
+def test_grid_param_space_crosses_params_optional_off_values_and_seeds():
+    space = _space(
+        "grid",
+        regularizers__gc={"type": "grid", "values": [0.5, 1.0], "optional": True},
+        regularizers__inmodal={"type": "choice", "values": [False, True]},
+    )
+    param_space = grid_param_space(space, [0, 1, 2])
+    assert param_space == {
+        "regularizers.gc": {"grid_search": [0.5, 1.0, 0]},
+        "regularizers.inmodal": {"grid_search": [False, True]},
+        "train.seed": {"grid_search": [0, 1, 2]},
+    }
+    variants = [config for _, config in generate_variants(param_space)]
+    assert len(variants) == 3 * 2 * 3
+    assert all(seed_for_trial(c, [7, 8, 9]) == c["train.seed"] for c in variants)
+
+
+@pytest.mark.parametrize(("edits", "expected"), [
+    ([], 3 * 2),
+    (["search.seeds=[0, 1, 2, 3]"], 3 * 4),
+    (["search.method=grid", "search.num_samples=1",
+      "search.space.regularizers.gc={type: grid, values: [0, 1, 2]}",
+      "search.space.regularizers.bb={type: grid, values: [0, 1], optional: true}"], 3 * 3 * 2),
+])
+def test_num_trials(tmp_path: Path, edits: list[str], expected: int):
+    spec = load_study(write_study(tmp_path, GOOD_STUDY), edits)
+    assert spec.num_trials() == expected
+    if spec.search.method == "grid":
+        assert len(list(generate_variants(grid_param_space(spec.search.space, spec.search.seeds)))) == expected
+
+
+def test_trial_run_config_rejects_a_bad_value(tmp_path: Path):
+    spec = load_study(write_study(tmp_path, GOOD_STUDY))
+    with pytest.raises(ConfigError, match=r"^trial\.regularizers\.gc: Input should be greater than or equal to 0"):
+        spec.trial_run_config({"regularizers.gc": -1.0, "train.seed": 0})
