@@ -1,0 +1,78 @@
+"""Human labels for configurations ("baseline", "+GC", "+DFS+BB", "GC=0.31"), derived from weights.
+
+A configuration is one combination of the searched parameters (seeds aside). Its label names the
+active regularizers in the paper's order (DFS, BB, GC, then the alignment pressure). A regularizer
+that is on at a single weight throughout the study is written "+GC"; one searched over several
+weights is written with its weight, "GC=0.31". Other searched parameters that vary (the info gap,
+a learning rate) form the configuration's *context*, and Δ compares within a context.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+REGULARIZER_KEYS = ("regularizers.dfs", "regularizers.bb", "regularizers.gc", "regularizers.align")
+REGULARIZER_NAMES = {"regularizers.dfs": "DFS", "regularizers.bb": "BB", "regularizers.gc": "GC",
+                     "regularizers.align": "align"}
+BASELINE = "baseline"
+
+
+def _weight(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and pd.notna(value) else 0.0
+
+
+def _multi_weight_keys(trials: pd.DataFrame) -> set[str]:
+    multi = set()
+    for key in REGULARIZER_KEYS:
+        if key in trials:
+            nonzero = {_weight(value) for value in trials[key]} - {0.0}
+            if len(nonzero) > 1:
+                multi.add(key)
+    return multi
+
+
+def regularizer_label(weights: dict[str, float], multi_weight: set[str]) -> str:
+    """'baseline' when every weight is zero, else '+DFS+GC' / 'GC=0.31' style."""
+    parts = []
+    for key in REGULARIZER_KEYS:
+        weight = _weight(weights.get(key))
+        if weight == 0.0:
+            continue
+        name = REGULARIZER_NAMES[key]
+        parts.append(f"{name}={weight:.3g}" if key in multi_weight else f"+{name}")
+    if not parts:
+        return BASELINE
+    # weighted parts read better separated: "DFS=0.1, GC=0.3" rather than "+DFS=0.1GC=0.3"
+    return "".join(parts) if all(part.startswith("+") for part in parts) else ", ".join(parts)
+
+
+def _context_label(row: dict, context_keys: list[str]) -> str:
+    return ", ".join(f"{key.split('.')[-1]}={row[key]:.3g}" if isinstance(row[key], float)
+                     else f"{key.split('.')[-1]}={row[key]}" for key in context_keys)
+
+
+def label_configurations(trials: pd.DataFrame, searched_keys: list[str]) -> pd.DataFrame:
+    """Add columns regularizer_label, context, config (the full label) and is_baseline."""
+    trials = trials.copy()
+    multi = _multi_weight_keys(trials)
+    context_keys = [key for key in searched_keys if key not in REGULARIZER_KEYS
+                    and key in trials and trials[key].nunique(dropna=False) > 1]
+    records = trials.to_dict("records")
+    trials["regularizer_label"] = [regularizer_label(row, multi) for row in records]
+    trials["context"] = [_context_label(row, context_keys) for row in records]
+    trials["is_baseline"] = trials["regularizer_label"] == BASELINE
+    labels = zip(trials["regularizer_label"], trials["context"], strict=True)
+    trials["config"] = [label if not context else f"{label} ({context})" for label, context in labels]
+    trials.attrs["context_keys"] = context_keys
+    return trials
+
+
+def configuration_order(trials: pd.DataFrame) -> list[str]:
+    """Configurations in reading order: per context, baseline first, then fewer regularizers, then weight."""
+    def sort_key(row: dict) -> tuple:
+        weights = [_weight(row.get(key)) for key in REGULARIZER_KEYS]
+        active = [weight > 0 for weight in weights]
+        return (row["context"], sum(active), [not flag for flag in active], weights)
+
+    first_rows = trials.drop_duplicates("config").to_dict("records")
+    return [row["config"] for row in sorted(first_rows, key=sort_key)]

@@ -1,0 +1,305 @@
+"""Read a study's results directory (written by `python -m study.run`) into tidy DataFrames.
+
+A trial is finished (all epochs reported, no error.txt), failed (error.txt), stopped early
+(fewer epochs, no error: e.g. ASHA), or incomplete (a directory with no results yet). Trials the
+study expected but whose directory does not exist are *missing*; `missing_trials` lists them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis.configs import REGULARIZER_KEYS, label_configurations
+from trainers.config import ConfigError, DataConfig, RunConfig, build_run_config, read_yaml, set_dotted
+
+SEED_KEY = "train.seed"
+# Resolved for every trial, searched or not, because labels, plots and the info-gap section need them.
+ALWAYS_RESOLVED = (*REGULARIZER_KEYS, "data.info_gap")
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    method: str
+    metric: str
+    mode: str
+    num_samples: int
+    seeds: list[int]
+    space: dict[str, dict[str, Any]]
+    scheduler: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def searched_keys(self) -> list[str]:
+        return list(self.space)
+
+
+@dataclass(frozen=True)
+class Study:
+    results_dir: Path
+    name: str
+    base: RunConfig
+    search: SearchSpec
+
+    @property
+    def trials_dir(self) -> Path:
+        return self.results_dir / "trials"
+
+    @property
+    def optuna_db(self) -> Path:
+        return self.results_dir / "optuna.db"
+
+
+def read_study(results_dir: str | Path) -> Study:
+    """Parse RESULTS_DIR/study.yaml; a missing directory or file is a ValueError naming it."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise ValueError(f"{results_dir}: no such directory")
+    study_file = results_dir / "study.yaml"
+    if not study_file.is_file():
+        raise ValueError(f"{results_dir}: not a study results directory (no study.yaml)")
+    tree = read_yaml(study_file)
+    for key in ("base", "search"):
+        if not isinstance(tree.get(key), dict):
+            raise ConfigError(f"{study_file}: {key}: missing or not a mapping")
+    search = tree["search"]
+    try:
+        spec = SearchSpec(
+            method=str(search.get("method", "grid")),
+            metric=str(search["metric"]),
+            mode=str(search.get("mode", "max")),
+            num_samples=int(search.get("num_samples", 1)),
+            seeds=[int(seed) for seed in search.get("seeds", [0])],
+            space=dict(search.get("space") or {}),
+            scheduler=dict(search.get("scheduler") or {}),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{study_file}: search: malformed ({exc})") from None
+    return Study(results_dir, str(tree.get("name", results_dir.name)), _base_config(tree["base"]), spec)
+
+
+def _base_config(tree: dict) -> RunConfig:
+    """The study's base; data paths may not exist where the analysis runs (results copied off a
+    cluster), so a data section that fails only its path checks is taken as written."""
+    try:
+        return build_run_config(tree, "base")
+    except ConfigError:
+        rest = {key: value for key, value in tree.items() if key != "data"}
+        config = build_run_config(rest, "base")
+        return config.model_copy(update={"data": DataConfig.model_construct(**(tree.get("data") or {}))})
+
+
+def trial_config(study: Study, params: dict[str, Any]) -> dict[str, Any]:
+    """The full nested configuration of a trial: the study's base with the trial's flat params set."""
+    tree = study.base.model_dump()
+    for key, value in params.items():
+        set_dotted(tree, key, value)
+    return tree
+
+
+# --------------------------------------------------------------------------- one trial
+
+
+def read_result_rows(trial_dir: Path) -> list[dict[str, Any]]:
+    """Every report of a trial; a truncated or corrupt line (an interrupted write) is skipped."""
+    result_file = trial_dir / "result.json"
+    rows = []
+    if result_file.is_file():
+        for line in result_file.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    if not rows and (trial_dir / "progress.csv").is_file():
+        try:
+            rows = pd.read_csv(trial_dir / "progress.csv").to_dict("records")
+        except (pd.errors.EmptyDataError, pd.errors.ParserError):
+            rows = []
+    return rows
+
+
+def _error_reason(trial_dir: Path) -> str | None:
+    error_file = trial_dir / "error.txt"
+    if not error_file.is_file():
+        return None
+    lines = [line.strip() for line in error_file.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1] if lines else "failed (empty error.txt)"
+
+
+def _read_params(trial_dir: Path) -> dict[str, Any]:
+    try:
+        params = json.loads((trial_dir / "params.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return params if isinstance(params, dict) else {}
+
+
+def _metric_keys(row: dict[str, Any]) -> list[str]:
+    # Our metrics are "/"-separated; Tune's own keys (training_iteration, done, ...) are not.
+    return [key for key in row if "/" in key]
+
+
+def _epochs_completed(rows: list[dict[str, Any]]) -> int:
+    epochs = {row["epoch"] for row in rows if isinstance(row.get("epoch"), int | float)}
+    if epochs:
+        return len(epochs)
+    return len({row.get("training_iteration", index) for index, row in enumerate(rows)})
+
+
+def _final_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    # The last reported value of each metric: mid-epoch reports may lack the evaluation metrics.
+    final: dict[str, float] = {}
+    for row in rows:
+        for key in _metric_keys(row):
+            value = row[key]
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                final[key] = float(value)
+    return final
+
+
+def read_trial(study: Study, trial_dir: Path) -> dict[str, Any]:
+    """One tidy record of a trial: identity, status, searched parameters, resources, final metrics."""
+    params = _read_params(trial_dir)
+    rows = read_result_rows(trial_dir)
+    reason = _error_reason(trial_dir)
+    epochs = _epochs_completed(rows) if rows else 0
+    if reason is not None:
+        status = "failed"
+    elif not rows:
+        status, reason = "incomplete", "no results reported"
+    elif epochs >= study.base.train.epochs:
+        status = "finished"
+    else:
+        status = "stopped_early"
+        reason = f"stopped after {epochs} of {study.base.train.epochs} epochs"
+    resolved = trial_config(study, params)
+    record: dict[str, Any] = {
+        "trial_id": next((row["trial_id"] for row in rows if "trial_id" in row), trial_dir.name),
+        "trial_dir": str(trial_dir),
+        "status": status,
+        "error": reason,
+        "seed": params.get(SEED_KEY, study.base.train.seed),
+        "epochs_completed": epochs,
+        "time_total_s": rows[-1].get("time_total_s") if rows else None,
+    }
+    for key in dict.fromkeys([*study.search.searched_keys, *ALWAYS_RESOLVED]):
+        record[key] = _dotted_get(resolved, key)
+    for key, value in study.base.resources.model_dump().items():
+        record[f"resources.{key}"] = value
+    record.update(_final_metrics(rows))
+    return record
+
+
+def _dotted_get(tree: dict, key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def trial_dirs(study: Study) -> list[Path]:
+    """Tune's per-trial directories: every subdirectory of trials/ (Tune's own files sit beside them)."""
+    if not study.trials_dir.is_dir():
+        return []
+    children = study.trials_dir.iterdir()
+    return sorted(path for path in children if path.is_dir() and not path.name.startswith("."))
+
+
+# --------------------------------------------------------------------------- the whole study
+
+
+def load(results_dir: str | Path) -> pd.DataFrame:
+    """One tidy row per trial of the study in `results_dir` (see the module docstring for statuses)."""
+    study = read_study(results_dir)
+    records = [read_trial(study, path) for path in trial_dirs(study)]
+    trials = pd.DataFrame.from_records(records)
+    if trials.empty:
+        trials = pd.DataFrame(columns=["trial_id", "trial_dir", "status", "error", "seed", *ALWAYS_RESOLVED])
+    trials = label_configurations(trials, [key for key in study.search.searched_keys if key != SEED_KEY])
+    trials.attrs["study"] = study
+    return trials
+
+
+def load_history(results_dir: str | Path) -> pd.DataFrame:
+    """Per-report metrics in long form: trial_id, config, seed, status, epoch, metric, value."""
+    trials = load(results_dir)
+    frames = []
+    for trial in trials.itertuples(index=False):
+        rows = read_result_rows(Path(trial.trial_dir))
+        records = [
+            {
+                "trial_id": trial.trial_id,
+                "config": trial.config,
+                "seed": trial.seed,
+                "status": trial.status,
+                "training_iteration": row.get("training_iteration", index + 1),
+                "epoch": row.get("epoch", row.get("training_iteration", index + 1)),
+                "time_total_s": row.get("time_total_s"),
+                "metric": key,
+                "value": float(row[key]),
+            }
+            for index, row in enumerate(rows)
+            for key in _metric_keys(row)
+            if isinstance(row[key], int | float) and not isinstance(row[key], bool)
+        ]
+        frames.append(pd.DataFrame.from_records(records))
+    columns = ["trial_id", "config", "seed", "status", "training_iteration", "epoch", "time_total_s",
+               "metric", "value"]
+    history = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    return history.reindex(columns=columns)
+
+
+# --------------------------------------------------------------------------- what is missing
+
+
+def _grid_values(spec: dict[str, Any]) -> list[Any] | None:
+    for key in ("values", "choices", "grid", "grid_search"):
+        if isinstance(spec.get(key), list):
+            return spec[key]
+    return None
+
+
+def expected_trial_count(study: Study) -> int | None:
+    """Grid: product of grid sizes x seeds; Optuna: num_samples x seeds; None if not countable."""
+    num_seeds = max(len(study.search.seeds), 1)
+    if study.search.method != "grid":
+        return study.search.num_samples * num_seeds
+    sizes = [_grid_values(spec) for key, spec in study.search.space.items() if key != SEED_KEY]
+    if any(values is None for values in sizes):
+        return None
+    count = 1
+    for values in sizes:
+        count *= len(values)
+    return count * num_seeds
+
+
+def missing_trials(study: Study, trials: pd.DataFrame) -> list[str]:
+    """Human-readable descriptions of the trials the study expected but that have no directory."""
+    expected = expected_trial_count(study)
+    if expected is None or len(trials) >= expected:
+        return []
+    grid = {key: _grid_values(spec) for key, spec in study.search.space.items() if key != SEED_KEY}
+    if study.search.method != "grid" or any(values is None for values in grid.values()):
+        return [f"{expected - len(trials)} of {expected} expected trials have no directory"]
+    present = {
+        tuple(_canonical(trial.get(key)) for key in [*grid, "seed"]) for trial in trials.to_dict("records")
+    }
+    missing = []
+    for combination in itertools.product(*grid.values(), study.search.seeds or [0]):
+        if tuple(_canonical(value) for value in combination) not in present:
+            pairs = zip([*grid, "seed"], combination, strict=True)
+            missing.append(", ".join(f"{key}={value}" for key, value in pairs))
+    return missing
+
+
+def _canonical(value: Any) -> Any:
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    return round(float(value), 12) if is_number else value

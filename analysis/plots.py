@@ -1,0 +1,216 @@
+"""Figures of a study (seaborn on matplotlib's Agg backend); every function returns its Figure.
+
+Weights are shown on a log axis; weight 0 (log-undefined) is drawn as the baseline: a dashed
+line with a 95% confidence band at the baseline's mean.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from scipy import stats  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+
+from analysis.configs import REGULARIZER_KEYS, REGULARIZER_NAMES, configuration_order  # noqa: E402
+from analysis.files import write_atomic  # noqa: E402
+
+sns.set_theme(style="whitegrid", context="notebook")
+FIGURE_FORMATS = ("png", "svg")
+
+
+def weight_label(weight_key: str) -> str:
+    """Axis label for a regularizer weight: 'GC weight'."""
+    return f"{REGULARIZER_NAMES.get(weight_key, weight_key)} weight"
+
+
+def save_figure(figure: plt.Figure, directory: Path, stem: str) -> dict[str, Path]:
+    """Write the figure as PNG and SVG (atomically) and close it; returns {format: path}."""
+    paths = {}
+    for fmt in FIGURE_FORMATS:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=fmt, dpi=120, bbox_inches="tight")
+        paths[fmt] = write_atomic(directory / f"{stem}.{fmt}", buffer.getvalue())
+    plt.close(figure)
+    return paths
+
+
+def _finished(trials: pd.DataFrame) -> pd.DataFrame:
+    return trials[trials["status"] == "finished"]
+
+
+def _panels(count: int, width: float = 4.2, height: float = 3.4) -> tuple[plt.Figure, list[plt.Axes]]:
+    columns = min(count, 3)
+    rows = -(-count // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False)
+    for extra in axes.flat[count:]:
+        extra.remove()
+    return figure, list(axes.flat[:count])
+
+
+def _mean_ci(values: pd.Series) -> tuple[float, float]:
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, float(stats.sem(values) * stats.t.ppf(0.975, len(values) - 1))
+
+
+# --------------------------------------------------------------------------- weights and combinations
+
+
+def _isolate(trials: pd.DataFrame, weight_key: str) -> pd.DataFrame:
+    """Trials in which only `weight_key` among the regularizers may be on (when there are enough)."""
+    others = [key for key in REGULARIZER_KEYS if key != weight_key and key in trials]
+    alone = trials[(trials[others].fillna(0.0) == 0.0).all(axis=1)] if others else trials
+    return alone if (alone[weight_key] > 0).any() else trials
+
+
+def metric_vs_weight(trials: pd.DataFrame, weight_key: str, metrics: list[str]) -> plt.Figure:
+    """One panel per metric: mean over seeds with a 95% CI band against the weight (log axis)."""
+    data = _isolate(_finished(trials), weight_key)
+    hue = "context" if data["context"].nunique() > 1 else None
+    figure, axes = _panels(len(metrics))
+    palette = dict(zip(sorted(data["context"].unique()), sns.color_palette(n_colors=data["context"].nunique()),
+                       strict=True))
+    for ax, metric in zip(axes, metrics, strict=True):
+        weighted = data[data[weight_key] > 0].dropna(subset=[metric])
+        if not weighted.empty:
+            sns.lineplot(data=weighted, x=weight_key, y=metric, hue=hue, palette=palette if hue else None,
+                         errorbar=("ci", 95), marker="o", ax=ax, legend=ax is axes[0])
+            ax.set_xscale("log")
+        for context, group in data[data[weight_key] == 0].dropna(subset=[metric]).groupby("context"):
+            mean, half_width = _mean_ci(group[metric])
+            color = palette[context]
+            ax.axhline(mean, color=color, linestyle="--", label=f"baseline (weight 0) {context}".strip())
+            ax.axhspan(mean - half_width, mean + half_width, color=color, alpha=0.15)
+        ax.set_xlabel(f"{weight_label(weight_key)} (log scale)")
+        ax.set_ylabel(metric)
+    axes[0].legend(fontsize="small")
+    figure.suptitle(f"Metrics against {weight_label(weight_key)} (mean, 95% CI over seeds)")
+    figure.tight_layout()
+    return figure
+
+
+def combination_bars(trials: pd.DataFrame, metric: str) -> plt.Figure:
+    """Bars per configuration (mean, error bar = std over seeds) with each seed as a dot."""
+    data = _finished(trials).dropna(subset=[metric])
+    order = configuration_order(data)
+    figure, ax = plt.subplots(figsize=(max(4.5, 0.9 * len(order) + 2), 3.8))
+    sns.barplot(data=data, x="config", y=metric, order=order, errorbar="sd", capsize=0.2, ax=ax, color="#8fb3d9")
+    sns.stripplot(data=data, x="config", y=metric, order=order, color="black", size=4, ax=ax)
+    ax.set_xlabel("configuration")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per configuration (mean ± std over seeds)")
+    ax.tick_params(axis="x", rotation=30)
+    figure.tight_layout()
+    return figure
+
+
+def learning_curves(history: pd.DataFrame, metric: str) -> plt.Figure:
+    """`metric` per epoch for each configuration (mean and 95% CI over seeds)."""
+    data = history[history["metric"] == metric]
+    figure, ax = plt.subplots(figsize=(6.0, 3.8))
+    sns.lineplot(data=data, x="epoch", y="value", hue="config", hue_order=configuration_order_of(data),
+                 errorbar=("ci", 95), marker="o", ax=ax)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(f"Learning curves: {metric}")
+    figure.tight_layout()
+    return figure
+
+
+def configuration_order_of(history: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(history.sort_values("config", key=lambda c: c != "baseline")["config"]))
+
+
+# --------------------------------------------------------------------------- optuna
+
+
+def load_optuna_study(storage_path: Path, study_name: str) -> optuna.Study:
+    return optuna.load_study(study_name=study_name, storage=f"sqlite:///{storage_path}")
+
+
+def optuna_history(study: optuna.Study) -> plt.Figure:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = optuna.visualization.matplotlib.plot_optimization_history(study)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("objective (mean over seeds)")
+    ax.figure.set_size_inches(6.0, 3.8)
+    return ax.figure
+
+
+def optuna_importances(study: optuna.Study) -> plt.Figure:
+    """fANOVA importances of the searched parameters (optuna.importance.get_param_importances)."""
+    importances = optuna.importance.get_param_importances(study)
+    figure, ax = plt.subplots(figsize=(5.5, 0.5 * len(importances) + 1.8))
+    sns.barplot(x=list(importances.values()), y=list(importances), ax=ax, color="#8fb3d9")
+    ax.set_xlabel("importance for the objective (fANOVA)")
+    ax.set_ylabel("parameter")
+    ax.set_title("Parameter importances")
+    figure.tight_layout()
+    return figure
+
+
+def optuna_parallel_coordinates(study: optuna.Study) -> plt.Figure:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = optuna.visualization.matplotlib.plot_parallel_coordinate(study)
+    ax.figure.set_size_inches(7.0, 4.0)
+    return ax.figure
+
+
+# --------------------------------------------------------------------------- latent structure
+
+
+def embedding_pca(embeddings: dict[str, Path]) -> plt.Figure:
+    """2-D PCA of image and text embeddings, one panel per model ({title: embeddings.npz})."""
+    figure, axes = _panels(len(embeddings), width=4.6, height=4.2)
+    for ax, (title, path) in zip(axes, embeddings.items(), strict=True):
+        with np.load(path) as arrays:
+            image, text = arrays["image"], arrays["text"]
+        pca = PCA(n_components=2).fit(np.concatenate([image, text]))
+        for name, features, marker in (("image", image, "o"), ("text", text, "^")):
+            projected = pca.transform(features)
+            ax.scatter(projected[:, 0], projected[:, 1], s=10, alpha=0.6, marker=marker, label=name)
+        ratio = pca.explained_variance_ratio_
+        ax.set_xlabel(f"PC 1 ({ratio[0]:.0%} of variance)")
+        ax.set_ylabel(f"PC 2 ({ratio[1]:.0%} of variance)")
+        ax.set_title(title)
+        ax.legend(fontsize="small")
+    figure.suptitle("Image and text embeddings, 2-D PCA (fit on both modalities)")
+    figure.tight_layout()
+    return figure
+
+
+def info_gap_lines(trials: pd.DataFrame, metrics: list[str]) -> plt.Figure:
+    """Metrics against alignment pressure, one line per information gap and regularizer setting."""
+    data = _finished(trials).copy()
+    data["info gap"] = data["data.info_gap"].map(lambda gap: f"{gap:g}")
+    data["regularizers"] = data.apply(_other_regularizers, axis=1)
+    style = "regularizers" if data["regularizers"].nunique() > 1 else None
+    figure, axes = _panels(len(metrics))
+    for ax, metric in zip(axes, metrics, strict=True):
+        sns.lineplot(data=data.dropna(subset=[metric]), x="regularizers.align", y=metric, hue="info gap",
+                     style=style, errorbar=("ci", 95), marker="o", ax=ax, legend=ax is axes[0])
+        ax.set_xlabel("alignment pressure weight")
+        ax.set_ylabel(metric)
+    figure.suptitle("Information gap: metrics against alignment pressure (mean, 95% CI over seeds)")
+    figure.tight_layout()
+    return figure
+
+
+def _other_regularizers(row: pd.Series) -> str:
+    active = [REGULARIZER_NAMES[key] for key in REGULARIZER_KEYS
+              if key != "regularizers.align" and (row.get(key) or 0) > 0]
+    return "+" + "+".join(active) if active else "none"

@@ -1,0 +1,249 @@
+"""Ablation tables: configurations x metrics, mean ± std (n) over seeds, Δ against the baseline
+with paired significance, the best value of each column in bold; and the paper's reference tables.
+
+Only finished trials enter a table (a trial stopped early by a scheduler has not been trained as
+long, so its metrics are not comparable). Δ compares a configuration with the baseline of the same
+context (same values of the non-regularizer searched parameters), paired on seed (analysis.stats).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+
+from analysis.configs import BASELINE, configuration_order
+from analysis.metrics import higher_is_better
+from analysis.stats import Comparison, compare, per_seed
+
+SIGNIFICANT_MARK = "*"  # paired t-test p < 0.05
+BOOTSTRAP_MARK = "†"  # 95% bootstrap interval of Δ excludes 0 (fewer than 2 paired seeds)
+MAX_ROWS = 12
+
+
+@dataclass(frozen=True)
+class Cell:
+    mean: float
+    std: float
+    n: int
+    comparison: Comparison | None  # None for a baseline or when no baseline shares the context
+    best: bool = False
+
+    @property
+    def mark(self) -> str:
+        if self.comparison is None or not self.comparison.significant:
+            return ""
+        return SIGNIFICANT_MARK if self.comparison.test == "paired t-test" else BOOTSTRAP_MARK
+
+
+@dataclass(frozen=True)
+class AblationTable:
+    title: str
+    metrics: list[str]
+    rows: list[str]
+    cells: dict[tuple[str, str], Cell]
+
+    def cell_text(self, row: str, metric: str, latex: bool = False) -> str:
+        cell = self.cells.get((row, metric))
+        if cell is None or cell.n == 0:
+            return "–"
+        pm = " $\\pm$ " if latex else " ± "
+        text = f"{format_value(cell.mean)}{pm}{format_value(cell.std)} ({cell.n})"
+        if cell.comparison is not None:
+            delta = "$\\Delta$" if latex else "Δ"
+            latex_mark = {SIGNIFICANT_MARK: "*", BOOTSTRAP_MARK: "\\dagger"}.get(cell.mark)
+            mark = f"$^{{{latex_mark}}}$" if latex and cell.mark else cell.mark
+            text += f" {delta} {cell.comparison.delta:+.3f}{mark}"
+        return text
+
+    def frame(self) -> pd.DataFrame:
+        """Long form, one row per (configuration, metric): the numbers behind every cell (the CSV)."""
+        records = [
+            {"config": row, "metric": metric, "mean": cell.mean, "std": cell.std, "n": cell.n,
+             **_comparison_fields(cell.comparison), "best": cell.best}
+            for (row, metric), cell in self.cells.items()
+        ]
+        return pd.DataFrame.from_records(records)
+
+    def to_csv(self) -> str:
+        return self.frame().to_csv(index=False)
+
+    def to_markdown(self) -> str:
+        header = "| configuration | " + " | ".join(self.metrics) + " |"
+        lines = [header, "|" + "---|" * (len(self.metrics) + 1)]
+        for row in self.rows:
+            texts = []
+            for metric in self.metrics:
+                text = self.cell_text(row, metric)
+                cell = self.cells.get((row, metric))
+                texts.append(f"**{text}**" if cell is not None and cell.best else text)
+            lines.append(f"| {_escape_md(row)} | " + " | ".join(texts) + " |")
+        return "\n".join(lines) + "\n\n" + LEGEND + "\n"
+
+    def _styler(self, latex: bool) -> pd.io.formats.style.Styler:
+        texts = pd.DataFrame(
+            [[row, *(self.cell_text(row, metric, latex) for metric in self.metrics)] for row in self.rows],
+            columns=["configuration", *self.metrics],
+        )
+        is_best = [[False, *((row, m) in self.cells and self.cells[(row, m)].best for m in self.metrics)]
+                   for row in self.rows]
+        css = np.where(np.array(is_best, dtype=bool).reshape(texts.shape), "font-weight: bold;", "")
+        escape = "latex" if latex else "html"
+        return (texts.style.apply(lambda _: css, axis=None).hide(axis="index")
+                .format(escape=escape, subset=["configuration"]).format_index(escape=escape, axis=1))
+
+    def to_latex(self, label: str) -> str:
+        """A booktabs table (needs \\usepackage{booktabs}); best values in \\bfseries."""
+        caption = f"{_escape_latex(self.title)}. Mean $\\pm$ std (n seeds); $\\Delta$ vs.\\ baseline; " \
+                  f"$^{{*}}$ paired t-test $p<0.05$; $^{{\\dagger}}$ 95\\% bootstrap interval excludes 0."
+        return self._styler(latex=True).to_latex(
+            hrules=True, convert_css=True, caption=caption, label=label,
+            column_format="l" + "r" * len(self.metrics), position_float="centering",
+        )
+
+    def to_html(self) -> str:
+        return self._styler(latex=False).set_table_attributes('class="ablation"').to_html()
+
+
+LEGEND = (f"Mean ± std (n seeds); Δ = mean difference vs. the baseline of the same context; "
+          f"{SIGNIFICANT_MARK} paired t-test over seeds p < 0.05; {BOOTSTRAP_MARK} 95% bootstrap interval "
+          f"excludes 0 (used when fewer than 2 seeds pair up); bold = best in column.")
+
+
+def _comparison_fields(comparison: Comparison | None) -> dict[str, object]:
+    if comparison is None:
+        return {"delta": math.nan, "relative_delta": math.nan, "test": "", "p_value": math.nan,
+                "ci_low": math.nan, "ci_high": math.nan, "cohens_d": math.nan, "significant": False}
+    ci_low, ci_high = comparison.ci or (math.nan, math.nan)
+    return {
+        "delta": comparison.delta, "relative_delta": comparison.relative, "test": comparison.test,
+        "p_value": math.nan if comparison.p_value is None else comparison.p_value,
+        "ci_low": ci_low, "ci_high": ci_high,
+        "cohens_d": math.nan if comparison.cohens_d is None else comparison.cohens_d,
+        "significant": comparison.significant,
+    }
+
+
+def format_value(value: float) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.1f}" if abs(value) >= 100 else f"{value:.3f}"
+
+
+def _escape_md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _escape_latex(text: str) -> str:
+    return re.sub(r"([_%&#$])", r"\\\1", text)
+
+
+# --------------------------------------------------------------------------- building
+
+
+def select_rows(trials: pd.DataFrame, rank_metric: str | None, mode: str,
+                max_rows: int = MAX_ROWS) -> list[str]:
+    """All configurations when few; else baselines, on/off combinations and the best searched weights."""
+    order = configuration_order(trials)
+    if len(order) <= max_rows:
+        return order
+    labels = trials.drop_duplicates("config").set_index("config")["regularizer_label"]
+    fixed = [config for config in order if labels[config] == BASELINE or labels[config].startswith("+")]
+    if rank_metric is None or rank_metric not in trials:
+        return fixed[:max_rows]
+    means = trials.groupby("config")[rank_metric].mean().drop(fixed, errors="ignore")
+    best = means.sort_values(ascending=(mode == "min")).index[: max(max_rows - len(fixed), 3)]
+    return fixed + [config for config in order if config in set(best)]
+
+
+def ablation_table(trials: pd.DataFrame, metrics: list[str], title: str, rank_metric: str | None = None,
+                   mode: str = "max", max_rows: int = MAX_ROWS) -> AblationTable:
+    """Build the table from `load()`'s trials; only finished trials count."""
+    finished = trials[trials["status"] == "finished"]
+    metrics = [metric for metric in metrics if metric in finished and finished[metric].notna().any()]
+    rows = select_rows(finished, rank_metric, mode, max_rows) if not finished.empty else []
+    by_config = {config: group for config, group in finished.groupby("config")}
+    cells: dict[tuple[str, str], Cell] = {}
+    for row in rows:
+        group = by_config[row]
+        baseline = _baseline_of(finished, group)
+        for metric in metrics:
+            values = per_seed(group[metric], group["seed"])
+            comparison = None
+            if baseline is not None and not group["is_baseline"].iloc[0] and len(values):
+                comparison = compare(values, per_seed(baseline[metric], baseline["seed"]))
+            std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            cells[(row, metric)] = Cell(float(values.mean()) if len(values) else math.nan, std, len(values),
+                                        comparison)
+    return AblationTable(title, metrics, rows, _mark_best(cells, rows, metrics))
+
+
+def _baseline_of(finished: pd.DataFrame, group: pd.DataFrame) -> pd.DataFrame | None:
+    context = group["context"].iloc[0]
+    baseline = finished[finished["is_baseline"] & (finished["context"] == context)]
+    return baseline if not baseline.empty else None
+
+
+def _mark_best(cells: dict[tuple[str, str], Cell], rows: list[str], metrics: list[str]) -> dict:
+    marked = dict(cells)
+    for metric in metrics:
+        direction = higher_is_better(metric)
+        means = {row: cells[(row, metric)].mean for row in rows if cells[(row, metric)].n > 0}
+        if direction is None or len(set(means.values())) < 2:
+            continue  # no direction, or every configuration ties: nothing stands out
+        best_value = max(means.values()) if direction else min(means.values())
+        for row, mean in means.items():
+            if mean == best_value:
+                cell = cells[(row, metric)]
+                marked[(row, metric)] = Cell(cell.mean, cell.std, cell.n, cell.comparison, best=True)
+    return marked
+
+
+# --------------------------------------------------------------------------- the paper's numbers
+
+PAPER_TABLES = {
+    "table1_zero_shot.csv": "Table 1 (zero-shot top-1, %)",
+    "table2_distribution_shift.csv": "Table 2 (distribution shift, top-1, %)",
+    "table3_linear_probe.csv": "Table 3 (linear probe top-1, %)",
+    "table4_albef_downstream.csv": "Table 4 (ALBEF downstream, %)",
+}
+# What a study configuration corresponds to among the paper's rows.
+PAPER_METHOD_OF = {"baseline": "CLIP", "+DFS": "Sep", "+BB": "Br", "+GC": "GC"}
+
+
+def paper_table(file_name: str) -> pd.DataFrame:
+    """One of the paper's tables (analysis/data/*.csv, percent), read from the installed package."""
+    with resources.files("analysis").joinpath("data", file_name).open() as handle:
+        return pd.read_csv(handle)
+
+
+def _normalized(name: str) -> str:
+    name = re.sub(r"[^a-z0-9]", "", name.lower())
+    return {"imagenet": "imagenet1k", "imagenetval": "imagenet1k"}.get(name, name)
+
+
+def reference_table(trials: pd.DataFrame, zeroshot_sets: list[str]) -> pd.DataFrame | None:
+    """The paper's zero-shot top-1 (tables 1-2) beside the study's for the data sets both evaluate
+    (the study's fractions shown as percent); None when the study shares no data set with the paper."""
+    paper = pd.concat([paper_table("table1_zero_shot.csv"), paper_table("table2_distribution_shift.csv")])
+    paper_names = {_normalized(name): name for name in paper["dataset"].unique()}
+    matched = {paper_names[_normalized(name)]: name
+               for name in zeroshot_sets if _normalized(name) in paper_names}
+    if not matched:
+        return None
+    wide = paper[paper["dataset"].isin(matched)].pivot(index="method", columns="dataset", values="top1")
+    wide = wide.reindex(paper["method"].drop_duplicates()).reindex(columns=list(matched))
+    wide.index = [f"paper: {method}" for method in wide.index]
+    finished = trials[trials["status"] == "finished"]
+    study_rows = {}
+    for config, group in finished.groupby("config", sort=False):
+        study_rows[f"this study: {config}"] = {
+            paper_name: 100 * group[f"zeroshot/{name}/top1"].mean() for paper_name, name in matched.items()
+        }
+    ordered = [f"this study: {config}" for config in configuration_order(finished)]
+    study = pd.DataFrame.from_dict(study_rows, orient="index").reindex(ordered)
+    return pd.concat([wide, study]).round(2)
