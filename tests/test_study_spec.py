@@ -353,3 +353,20 @@ def test_trial_run_config_rejects_a_bad_value(tmp_path: Path):
     spec = load_study(write_study(tmp_path, GOOD_STUDY))
     with pytest.raises(ConfigError, match=r"^trial\.regularizers\.gc: Input should be greater than or equal to 0"):
         spec.trial_run_config({"regularizers.gc": -1.0, "train.seed": 0})
+
+
+def test_optuna_sqlite_study_records_dotted_and_switch_params(tmp_path: Path):
+    """The names survive Optuna's RDB storage (what optuna-dashboard reads), and a Repeater group
+    reports the mean over its seeds as one Optuna trial."""
+    spec = load_study(SEARCH_SPACES / "joint.yaml")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    searcher = OptunaSearch(space=optuna_define_by_run(spec.search.space), metric="zeroshot/top1", mode="max",
+                            storage=storage, study_name="joint", seed=0)
+    repeater = Repeater(searcher, repeat=2, set_index=True)
+    for i, score in enumerate([0.2, 0.4]):
+        repeater.suggest(f"t{i}")
+        repeater.on_trial_complete(f"t{i}", {"zeroshot/top1": score, "training_iteration": 1})
+    (trial,) = optuna.load_study(study_name="joint", storage=storage).trials
+    assert trial.value == pytest.approx(0.3)
+    assert {switch_name(k) for k in ("regularizers.gc", "regularizers.bb", "regularizers.dfs")} <= set(trial.params)
+    assert all(trial.params[key] > 0 for key in trial.params if not key.endswith(":on"))
