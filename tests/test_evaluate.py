@@ -165,14 +165,18 @@ def test_linear_probe_separates_clusters_and_not_random_labels():
     assert linear_probe(x, y, test_x, test_y) > 0.95
     rng = np.random.default_rng(1)
     random_x = rng.normal(size=x.shape)
-    accuracy = linear_probe(random_x, rng.integers(0, 4, len(y)), rng.normal(size=x.shape), rng.integers(0, 4, len(y)))
+    accuracy = linear_probe(
+        random_x, rng.integers(0, 4, len(y)), rng.normal(size=x.shape), rng.integers(0, 4, len(y))
+    )
     assert accuracy < 0.45  # chance is 0.25
 
 
 def test_kshot_with_one_sample_per_class():
     x, y = clusters(spread=0.5)
     test_x, test_y = clusters(spread=0.5, seed=1)
-    assert kshot_probe(torch.tensor(x), torch.tensor(y), torch.tensor(test_x), torch.tensor(test_y), k=1) > 0.9
+    assert (
+        kshot_probe(torch.tensor(x), torch.tensor(y), torch.tensor(test_x), torch.tensor(test_y), k=1) > 0.9
+    )
     noisy_x, _ = clusters(spread=3.0, seed=2)
     one_shot = kshot_probe(noisy_x, y, test_x, test_y, k=1, num_draws=3)
     many_shot = kshot_probe(noisy_x, y, test_x, test_y, k=40, num_draws=3)
@@ -207,7 +211,9 @@ def test_alignment_and_pair_cosine():
 def test_uniformity_is_lower_when_spread_out():
     generator = torch.Generator().manual_seed(0)
     spread = F.normalize(torch.randn(300, 8, generator=generator), dim=1)
-    clustered = F.normalize(torch.tensor([1.0] + [0.0] * 7) + 0.05 * torch.randn(300, 8, generator=generator), dim=1)
+    clustered = F.normalize(
+        torch.tensor([1.0] + [0.0] * 7) + 0.05 * torch.randn(300, 8, generator=generator), dim=1
+    )
     assert uniformity(spread) < uniformity(clustered)
     assert uniformity(unit([1, 0], [-1, 0])) == pytest.approx(-8.0)  # one pair at squared distance 4
 
@@ -221,7 +227,9 @@ EMBED_DIM = 8
 def oracle_encoders(independent: bool):
     """Encoders that know the class: images carry it in pixel (0, 0, 0), captions name it. Both
     towers map a class to the same point, so every class-level metric of the suite must be perfect."""
-    class_embedding = F.normalize(torch.randn(len(CLASSNAMES), EMBED_DIM, generator=torch.Generator().manual_seed(3)))
+    class_embedding = F.normalize(
+        torch.randn(len(CLASSNAMES), EMBED_DIM, generator=torch.Generator().manual_seed(3))
+    )
 
     def kinds(labels: torch.Tensor, jitter: torch.Tensor) -> dict[str, torch.Tensor]:
         jitter = F.normalize(jitter - jitter.mean(), dim=1)
@@ -237,7 +245,9 @@ def oracle_encoders(independent: bool):
 
     def encode_texts(texts: list[str]) -> dict[str, torch.Tensor]:
         assert isinstance(texts, list)
-        labels = torch.tensor([next(i for i, name in enumerate(CLASSNAMES) if name in text) for text in texts])
+        labels = torch.tensor(
+            [next(i for i, name in enumerate(CLASSNAMES) if name in text) for text in texts]
+        )
         jitter = torch.tensor([[float(len(text) % 7 + j) for j in range(EMBED_DIM)] for text in texts])
         return kinds(labels, jitter)
 
@@ -253,20 +263,38 @@ def make_images(labels: torch.Tensor, seed: int) -> torch.Tensor:
 
 def make_task_sets(num_per_split: int = 48) -> TaskSets:
     generator = torch.Generator().manual_seed(0)
-    labels = {split: torch.randint(0, 4, (num_per_split,), generator=generator) for split in ("train", "test")}
-    attribute = {split: torch.randint(0, 3, (num_per_split,), generator=generator) for split in ("train", "test")}
+    labels = {
+        split: torch.randint(0, 4, (num_per_split,), generator=generator) for split in ("train", "test")
+    }
+    attribute = {
+        split: torch.randint(0, 3, (num_per_split,), generator=generator) for split in ("train", "test")
+    }
     captions = {split: [f"a photo of a {CLASSNAMES[c]}" for c in labels[split]] for split in labels}
     images = {split: make_images(labels[split], seed) for seed, split in enumerate(labels)}
 
     def probe(name: str, kind: str, targets: dict[str, torch.Tensor]) -> ProbeTask:
-        return ProbeTask(name, kind, images["train"], captions["train"], targets["train"],
-                         images["test"], captions["test"], targets["test"], int(targets["train"].max()) + 1)
+        return ProbeTask(
+            name,
+            kind,
+            images["train"],
+            captions["train"],
+            targets["train"],
+            images["test"],
+            captions["test"],
+            targets["test"],
+            int(targets["train"].max()) + 1,
+        )
 
     caption_to_image = torch.arange(num_per_split).repeat_interleave(2)  # two captions per image
     return TaskSets(
-        zeroshot=[ZeroShotTask("shapes", CLASSNAMES, ["a photo of a {}", "a drawing of a {}"],
-                               images["test"], labels["test"])],
-        retrieval=RetrievalTask(images["test"], [captions["test"][i] for i in caption_to_image], caption_to_image),
+        zeroshot=[
+            ZeroShotTask(
+                "shapes", CLASSNAMES, ["a photo of a {}", "a drawing of a {}"], images["test"], labels["test"]
+            )
+        ],
+        retrieval=RetrievalTask(
+            images["test"], [captions["test"][i] for i in caption_to_image], caption_to_image
+        ),
         probes=[probe("class", "shared", labels), probe("image_only", "image_only", attribute)],
     )
 
@@ -275,7 +303,9 @@ ALL_TASKS = ["zeroshot", "retrieval", "linear_probe", "kshot", "structure", "vqa
 
 
 def expected_keys(feature_names: list[str]) -> set[str]:
-    keys = {f"zeroshot/{name}" for name in ("top1", "top3", "top5", "shapes/top1", "shapes/top3", "shapes/top5")}
+    keys = {
+        f"zeroshot/{name}" for name in ("top1", "top3", "top5", "shapes/top1", "shapes/top3", "shapes/top5")
+    }
     keys |= {f"retrieval/{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)} | {"retrieval/mean_recall"}
     keys |= {f"linear_probe/{target}/{name}" for target in ("class", "image_only") for name in feature_names}
     keys |= {"linear_probe/top1", "kshot/k1", "kshot/k5"}
@@ -286,9 +316,15 @@ def expected_keys(feature_names: list[str]) -> set[str]:
 def test_evaluate_two_tower_returns_every_metric_with_dfs_heads():
     encode_images, encode_texts = oracle_encoders(independent=True)
     metrics = evaluate_two_tower(
-        encode_images, encode_texts, make_task_sets(), EvalConfig(tasks=ALL_TASKS, kshot=[1, 5]), batch_size=20
+        encode_images,
+        encode_texts,
+        make_task_sets(),
+        EvalConfig(tasks=ALL_TASKS, kshot=[1, 5]),
+        batch_size=20,
     )
-    modalities = [f"{m}{suffix}" for m in ("image", "text") for suffix in ("", "_independent", "_concat", "_pooled")]
+    modalities = [
+        f"{m}{suffix}" for m in ("image", "text") for suffix in ("", "_independent", "_concat", "_pooled")
+    ]
     assert set(metrics) == expected_keys(modalities)
     assert all(math.isfinite(value) for value in metrics.values())
     # the oracle maps a class to one point in both towers: class-level metrics are perfect
@@ -309,16 +345,24 @@ def test_evaluate_two_tower_computes_only_the_requested_tasks():
     metrics = evaluate_two_tower(encode_images, encode_texts, tasks, EvalConfig(tasks=["retrieval", "vqa"]))
     assert set(metrics) == {key for key in expected_keys([]) if key.startswith("retrieval/")}
     tasks.retrieval = None  # structure then falls back to the shared probe's test pairs
-    metrics = evaluate_two_tower(encode_images, encode_texts, tasks, EvalConfig(tasks=["structure", "linear_probe"]))
+    metrics = evaluate_two_tower(
+        encode_images, encode_texts, tasks, EvalConfig(tasks=["structure", "linear_probe"])
+    )
     names = ["image", "text", "image_pooled", "text_pooled"]
-    assert set(metrics) == {k for k in expected_keys(names) if k.split("/")[0] in ("structure", "linear_probe")}
+    assert set(metrics) == {
+        k for k in expected_keys(names) if k.split("/")[0] in ("structure", "linear_probe")
+    }
 
 
 def test_encoder_without_shared_features_is_an_error():
     tasks = make_task_sets()
     with pytest.raises(ValueError, match="'shared' is required"):
-        evaluate_two_tower(lambda images: {"pooled": images.float()}, oracle_encoders(False)[1], tasks,
-                           EvalConfig(tasks=["retrieval"]))
+        evaluate_two_tower(
+            lambda images: {"pooled": images.float()},
+            oracle_encoders(False)[1],
+            tasks,
+            EvalConfig(tasks=["retrieval"]),
+        )
 
 
 def test_embedding_sample_holds_the_shared_probe_test_pairs():
@@ -328,3 +372,18 @@ def test_embedding_sample_holds_the_shared_probe_test_pairs():
     assert sample["image"].shape == sample["text"].shape == (30, EMBED_DIM)
     np.testing.assert_array_equal(sample["labels"], tasks.probes[0].test_labels[:30].numpy())
     assert (np.sum(sample["image"] * sample["text"], axis=1) > 0.99).all()  # true pairs line up
+
+
+def test_image_only_probe_sets_probe_images_and_skip_structure():
+    encode_images, encode_texts = oracle_encoders(independent=False)
+    tasks = make_task_sets()
+    tasks.retrieval = None
+    for probe in tasks.probes:  # a CIFAR-like data set: no captions
+        probe.train_captions, probe.test_captions = [], []
+    config = EvalConfig(tasks=["linear_probe", "kshot", "structure"], kshot=[1])
+    metrics = evaluate_two_tower(encode_images, encode_texts, tasks, config)
+    targets, names = ("class", "image_only"), ("image", "image_pooled")
+    probes = {f"linear_probe/{target}/{name}" for target in targets for name in names}
+    assert set(metrics) == probes | {"linear_probe/top1", "kshot/k1"}
+    sample = embedding_sample(encode_images, encode_texts, tasks, n=10)
+    assert sample["image"].shape == (10, EMBED_DIM) and sample["text"].shape == (0, EMBED_DIM)

@@ -33,7 +33,7 @@ from trainers.evaluate.metrics import (
 )
 
 if TYPE_CHECKING:
-    from trainers.data import ProbeTask, RetrievalTask, TaskSets, ZeroShotTask
+    from trainers.data.tasks import ProbeTask, RetrievalTask, TaskSets, ZeroShotTask
 
 ImageEncoder = Callable[[Tensor], dict[str, Tensor]]
 TextEncoder = Callable[[list[str]], dict[str, Tensor]]
@@ -94,14 +94,16 @@ def embedding_sample(
 ) -> dict[str, np.ndarray]:
     """Shared embeddings of the first n test pairs of the shared-class probe, for the PCA plot.
 
-    Returns {"image": [n, D], "text": [n, D], "labels": [n]} (what the trainer saves as embeddings.npz).
+    Returns {"image": [n, D], "text": [n, D], "labels": [n]} (what the trainer saves as
+    embeddings.npz); "text" is [0, D] when the probe has no captions (an image-only data set).
     """
     probe = _shared_class_probe(tasks.probes)
     if probe is None:
         raise ValueError("embedding_sample: the task sets have no probe of kind 'shared' to sample from")
     with torch.no_grad():
         images = _encode_in_batches(encode_images, probe.test_images[:n], batch_size)["shared"]
-        texts = _encode_in_batches(encode_texts, list(probe.test_captions[:n]), batch_size)["shared"]
+        text_kinds = _encode_in_batches(encode_texts, list(probe.test_captions[:n]), batch_size)
+        texts = text_kinds.get("shared", images.new_zeros(0, images.shape[1]))
     return {
         "image": images.float().cpu().numpy(),
         "text": texts.float().cpu().numpy(),
@@ -189,7 +191,9 @@ def structure_metrics(image_features: Tensor, text_features: Tensor) -> dict[str
 def _encode_in_batches(
     encode: Callable[[Tensor | list[str]], dict[str, Tensor]], items: Tensor | list[str], batch_size: int
 ) -> dict[str, Tensor]:
-    """Run `encode` over `items` in batches and concatenate each feature kind."""
+    """Run `encode` over `items` in batches and concatenate each feature kind; {} for no items."""
+    if len(items) == 0:
+        return {}
     pieces: dict[str, list[Tensor]] = {}
     for start in range(0, len(items), batch_size):
         for kind, features in encode(items[start : start + batch_size]).items():
@@ -201,6 +205,8 @@ def _encode_in_batches(
 
 def _probe_feature_names(features: dict[str, Tensor], modality: str) -> dict[str, Tensor]:
     """Encoder kinds -> probe feature names: shared -> image, independent -> image_independent, ..."""
+    if not features:
+        return {}
     named = {modality: features["shared"]}
     if "independent" in features:
         named[f"{modality}_independent"] = features["independent"]
@@ -249,6 +255,8 @@ def _structure_pairs(
         return torch.zeros(0, 1), torch.zeros(0, 1)
     probe = _shared_class_probe(tasks.probes) or tasks.probes[0]
     test = probe_features[probe.name][1]
+    if "text" not in test:  # an image-only data set has no pairs
+        return torch.zeros(0, 1), torch.zeros(0, 1)
     return test["image"], test["text"]
 
 
