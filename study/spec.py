@@ -323,6 +323,13 @@ def _method_problems(search: SearchConfig) -> list[str]:
         problems.append(
             "search.space: optuna needs at least one parameter (use method: grid to only repeat seeds)"
         )
+    if search.method == "optuna" and search.scheduler.type == "asha" and len(search.seeds) > 1:
+        # seeds are repeats of one Optuna trial (Ray's Repeater), which averages whatever each
+        # repeat reported: stopping some seeds early would skew what Optuna learns
+        problems.append(
+            "search.scheduler.type: asha cannot stop seed repeats of an optuna trial "
+            "(use one seed, method grid, or scheduler none)"
+        )
     if search.method == "grid" and search.num_samples != 1:
         problems.append("search.num_samples: a grid runs each cell once per seed; leave num_samples at 1")
     return problems

@@ -203,6 +203,9 @@ BAD_STUDIES = {
         _edits(_set("search/space/regularizers.gc", {"type": "grid", "values": [0.0, 1.0]}),
                _set("search/method", "grid")),
         r"^search\.num_samples: a grid runs each cell once per seed"),
+    "asha with optuna seed repeats": (
+        _set("search/scheduler", {"type": "asha"}),
+        r"^search\.scheduler\.type: asha cannot stop seed repeats of an optuna trial"),
     "empty seeds": (_set("search/seeds", []), r"^search\.seeds: must list at least one seed$"),
     "repeated seeds": (_set("search/seeds", [0, 1, 0]), r"^search\.seeds: must be unique \(repeated: 0\)$"),
     "off_value without optional": (
