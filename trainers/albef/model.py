@@ -40,9 +40,7 @@ def build_bert_config(model_config: ModelConfig, vocab_size: int, num_layers: in
 
 def build_vit_config(model_config: ModelConfig, image_size: int) -> ViTConfig:
     if image_size % model_config.patch_size:
-        raise ValueError(
-            f"model.patch_size: {model_config.patch_size} does not divide data.image_size {image_size}"
-        )
+        raise ValueError(f"model.patch_size: {model_config.patch_size} does not divide data.image_size {image_size}")
     return ViTConfig(
         image_size=image_size,
         patch_size=model_config.patch_size,
@@ -65,15 +63,11 @@ class FusionLayer(nn.Module):
     def __init__(self, config: BertConfig, layer_idx: int):
         super().__init__()
         self.attention = BertAttention(config, is_causal=False, layer_idx=layer_idx)
-        self.crossattention = BertAttention(
-            config, is_causal=False, layer_idx=layer_idx, is_cross_attention=True
-        )
+        self.crossattention = BertAttention(config, is_causal=False, layer_idx=layer_idx, is_cross_attention=True)
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(
-        self, hidden_states: torch.Tensor, text_mask: torch.Tensor, image_embeds: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, text_mask: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
         hidden_states, _ = self.attention(hidden_states, attention_mask=text_mask)
         hidden_states, _ = self.crossattention(
             hidden_states, encoder_hidden_states=image_embeds, encoder_attention_mask=None
@@ -112,9 +106,7 @@ class UnimodalTowers(nn.Module):
     created only when `with_independent_heads`, so a run without DFS has no unused parameters.
     """
 
-    def __init__(
-        self, model_config: ModelConfig, image_size: int, vocab_size: int, with_independent_heads: bool
-    ):
+    def __init__(self, model_config: ModelConfig, image_size: int, vocab_size: int, with_independent_heads: bool):
         super().__init__()
         hidden, embed_dim = model_config.hidden_size, model_config.embed_dim
         self.vision = ViTModel(build_vit_config(model_config, image_size), add_pooling_layer=False)
@@ -153,9 +145,7 @@ class UnimodalTowers(nn.Module):
 class AlbefModel(nn.Module):
     """The towers, the fusion encoder and the pre-training heads (ITM, MLM)."""
 
-    def __init__(
-        self, model_config: ModelConfig, image_size: int, vocab_size: int, with_independent_heads: bool
-    ):
+    def __init__(self, model_config: ModelConfig, image_size: int, vocab_size: int, with_independent_heads: bool):
         super().__init__()
         self.towers = UnimodalTowers(model_config, image_size, vocab_size, with_independent_heads)
         fusion_config = build_bert_config(model_config, vocab_size, model_config.fusion_layers)
@@ -170,9 +160,7 @@ class AlbefModel(nn.Module):
     def hidden_size(self) -> int:
         return self.itm_head.in_features
 
-    def fuse(
-        self, text_embeds: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor
-    ) -> torch.Tensor:
+    def fuse(self, text_embeds: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
         return self.fusion(text_embeds, attention_mask, image_embeds)
 
     def itm_logits(

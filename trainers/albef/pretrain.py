@@ -47,9 +47,7 @@ class AlbefPretraining(TrainingModule):
         text_features = towers.text_features(text_embeds)
         with torch.no_grad():
             image_features_m = self.towers_m.image_features(self.towers_m.encode_image(image))
-            text_features_m = self.towers_m.text_features(
-                self.towers_m.encode_text(input_ids, attention_mask)
-            )
+            text_features_m = self.towers_m.text_features(self.towers_m.encode_text(input_ids, attention_mask))
 
         itc_loss, sim_i2t, sim_t2i = self._itc_loss(
             image_features["shared"],
@@ -65,9 +63,7 @@ class AlbefPretraining(TrainingModule):
             "itm_loss": itm_loss,
             "mlm_loss": self._mlm_loss(input_ids, attention_mask, image_embeds),
         }
-        losses.update(
-            self._regularizer_losses(image_features, text_features, image_features_m, text_features_m)
-        )
+        losses.update(self._regularizer_losses(image_features, text_features, image_features_m, text_features_m))
         temperature = float(self.temperature.detach())
         metrics = {"temperature": temperature, "logit_scale": 1.0 / temperature, "itm_accuracy": itm_accuracy}
         return losses, metrics
@@ -128,9 +124,7 @@ class AlbefPretraining(TrainingModule):
         masked_ids, labels = mask_tokens(input_ids, self.tokens, self.mlm_probability)
         text_embeds = self.model.towers.encode_text(masked_ids, attention_mask)
         logits = self.model.mlm_head(self.model.fuse(text_embeds, attention_mask, image_embeds))  # (B, T, V)
-        total = F.cross_entropy(
-            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
-        )
+        total = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
         # A batch where no token was drawn contributes 0 rather than 0/0.
         return total / (labels != -100).sum().clamp(min=1)
 

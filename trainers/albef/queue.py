@@ -40,8 +40,6 @@ class FeatureQueue(nn.Module):
         count = features.shape[0]
         # a batch larger than the queue keeps its newest rows, in the slots they would have reached
         skipped = max(0, count - self.size)
-        slots = (
-            self.pointer + skipped + torch.arange(count - skipped, device=self.features.device)
-        ) % self.size
+        slots = (self.pointer + skipped + torch.arange(count - skipped, device=self.features.device)) % self.size
         self.features[slots] = features[skipped:]
         self.pointer.copy_((self.pointer + count) % self.size)
