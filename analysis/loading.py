@@ -230,7 +230,11 @@ def load(results_dir: str | Path) -> pd.DataFrame:
 
 def load_history(results_dir: str | Path) -> pd.DataFrame:
     """Per-report metrics in long form: trial_id, config, seed, status, epoch, metric, value."""
-    trials = load(results_dir)
+    return history_of(load(results_dir))
+
+
+def history_of(trials: pd.DataFrame) -> pd.DataFrame:
+    """`load_history` for trials already loaded."""
     frames = []
     for trial in trials.itertuples(index=False):
         rows = read_result_rows(Path(trial.trial_dir))
@@ -261,10 +265,11 @@ def load_history(results_dir: str | Path) -> pd.DataFrame:
 
 
 def _grid_values(spec: dict[str, Any]) -> list[Any] | None:
-    for key in ("values", "choices", "grid", "grid_search"):
-        if isinstance(spec.get(key), list):
-            return spec[key]
-    return None
+    """The values of one grid axis; an optional (on/off) parameter adds its off value."""
+    values = spec.get("values")
+    if not isinstance(values, list):
+        return None
+    return [*values, spec.get("off_value", 0)] if spec.get("optional") else list(values)
 
 
 def expected_trial_count(study: Study) -> int | None:

@@ -42,8 +42,7 @@ class Comparison:
     def certainty(self) -> str:
         """'p = 0.003, n = 3 paired seeds' style, for prose and table footnotes."""
         if self.test == "paired t-test":
-            p_text = "p undefined: the same difference on every seed" if self.p_value is None \
-                else f"p = {format_p(self.p_value)}"
+            p_text = "p = n/a" if self.p_value is None else format_p(self.p_value)
             return f"paired t-test {p_text}, n = {self.n_pairs} seeds"
         if self.test == "bootstrap CI" and self.ci is not None:
             return f"95% bootstrap CI [{self.ci[0]:+.3g}, {self.ci[1]:+.3g}], unpaired"
@@ -51,7 +50,8 @@ class Comparison:
 
 
 def format_p(p_value: float) -> str:
-    return "<0.001" if p_value < 0.001 else f"{p_value:.3f}"
+    """'p = 0.013' or 'p < 0.001'."""
+    return "p < 0.001" if p_value < 0.001 else f"p = {p_value:.3f}"
 
 
 def per_seed(values: pd.Series, seeds: pd.Series) -> pd.Series:
@@ -79,9 +79,10 @@ def compare(treated: pd.Series, reference: pd.Series) -> Comparison:
 
 def _paired_p(treated: np.ndarray, reference: np.ndarray) -> float | None:
     differences = treated - reference
-    if np.allclose(differences, differences[0]):
-        # Identical differences on every seed: the t statistic is undefined (zero variance).
-        return None if differences[0] else 1.0
+    if np.allclose(differences, 0.0, rtol=0.0, atol=1e-12):
+        return 1.0  # no difference on any seed; scipy would answer nan (0 / 0)
+    if np.allclose(differences, differences[0], rtol=1e-9, atol=1e-12):
+        return 0.0  # the same nonzero difference on every seed: t is infinite (scipy warns, then says 0)
     return float(stats.ttest_rel(treated, reference).pvalue)
 
 

@@ -184,8 +184,8 @@ INFO_GAP_SEEDS = (0, 1, 2, 3)
 
 def info_gap_probe(gap: float, align: float, gc: float, seed: int) -> float:
     """The predicted effect, by construction: at gap > 0 alignment pressure lowers the image-only probe
-    (by 0.3 x gap x align), GC recovers a third of it; seed noise is small and not constant."""
-    noise = (0.01, -0.012, 0.004, -0.002)[seed]
+    (by 0.3 x gap x align), GC recovers a third of it; noise (sd 0.01) differs per seed and cell."""
+    noise = 0.01 * np.random.default_rng([seed, int(10 * gap), int(10 * align), int(10 * gc)]).normal()
     loss = 0.3 * gap * align * (1.0 - (1 / 3 if gc else 0.0))
     return 0.9 - loss + noise
 

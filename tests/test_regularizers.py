@@ -181,14 +181,17 @@ def test_every_term_is_invariant_to_permuting_the_batch(n, d):
         torch.testing.assert_close(original, permuted, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize(("n", "d"), [(4, 5), (6, 3)])
+@pytest.mark.parametrize(("n", "d"), [(3, 4), (5, 2)])
 def test_gradients_pass_gradcheck(n, d):
     x = [unit(n, d, seed).requires_grad_() for seed in range(6)]
     s = torch.linspace(0.2, 0.8, n, dtype=torch.float64)
-    assert torch.autograd.gradcheck(geometric_consistency_loss, tuple(x[:4]))
-    assert torch.autograd.gradcheck(lambda a, b, c: brownian_bridge_loss(a, b, c, s), tuple(x[:3]))
-    assert torch.autograd.gradcheck(lambda *a: feature_separation_loss(*a, temperature=0.3), tuple(x))
-    assert torch.autograd.gradcheck(alignment_pressure_loss, tuple(x[:2]))
+    for fn, inputs in [
+        (geometric_consistency_loss, x[:4]),
+        (lambda a, b, c: brownian_bridge_loss(a, b, c, s), x[:3]),
+        (lambda *a: feature_separation_loss(*a, temperature=0.3), x),
+        (alignment_pressure_loss, x[:2]),
+    ]:
+        assert torch.autograd.gradcheck(fn, tuple(inputs), fast_mode=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

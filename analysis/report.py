@@ -1,0 +1,353 @@
+"""`python -m analysis.report RESULTS_DIR [--formats html,md,tex] [--out DIR]`: the study's report.
+
+Writes, under OUT (default RESULTS_DIR/report): report.html (self-contained: inline CSS, images
+embedded as base64, no scripts, no external URLs), report.md (linking figures/*.png), tables/*.tex
+(booktabs), tables/*.csv and figures/*.{png,svg}. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+
+from analysis import plots
+from analysis.configs import REGULARIZER_KEYS
+from analysis.files import write_atomic
+from analysis.info_gap import analyse_info_gap, is_info_gap_study
+from analysis.loading import Study, expected_trial_count, history_of, load, missing_trials
+from analysis.metrics import DOWNSTREAM_METRICS, INFO_GAP_METRICS, STRUCTURE_METRICS, present, zeroshot_sets
+from analysis.stats import ALPHA
+from analysis.summary import best_configuration_sentence, configuration_sentences, status_sentence
+from analysis.tables import LEGEND, PAPER_TABLES, AblationTable, ablation_table, paper_table, reference_table
+from trainers.config import ConfigError
+
+FORMATS = ("html", "md", "tex")
+
+
+@dataclass
+class TableBlock:
+    title: str
+    markdown: str
+    html: str
+
+
+@dataclass
+class FigureBlock:
+    title: str
+    png: Path
+
+
+@dataclass
+class Section:
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    bullets: list[str] = field(default_factory=list)
+    tables: list[TableBlock] = field(default_factory=list)
+    figures: list[FigureBlock] = field(default_factory=list)
+
+
+@dataclass
+class ReportWriter:
+    """Collects the report's sections while writing tables and figures to their directories."""
+
+    out_dir: Path
+    formats: tuple[str, ...]
+    sections: list[Section] = field(default_factory=list)
+
+    def ablation(self, section: Section, table: AblationTable, stem: str) -> None:
+        write_atomic(self.out_dir / "tables" / f"{stem}.csv", table.to_csv())
+        if "tex" in self.formats:
+            write_atomic(self.out_dir / "tables" / f"{stem}.tex", table.to_latex(label=f"tab:{stem}"))
+        section.tables.append(TableBlock(table.title, table.to_markdown(), table.to_html()))
+
+    def frame(self, section: Section, title: str, frame: pd.DataFrame, stem: str) -> None:
+        write_atomic(self.out_dir / "tables" / f"{stem}.csv", frame.to_csv())
+        if "tex" in self.formats:
+            latex = frame.style.format(precision=2, na_rep="–").format_index(escape="latex", axis=0) \
+                .format_index(escape="latex", axis=1).to_latex(hrules=True, caption=title, label=f"tab:{stem}")
+            write_atomic(self.out_dir / "tables" / f"{stem}.tex", latex)
+        section.tables.append(TableBlock(title, _frame_markdown(frame), frame.to_html(na_rep="–", float_format="%.2f")))
+
+    def figure(self, section: Section, title: str, figure, stem: str) -> None:
+        paths = plots.save_figure(figure, self.out_dir / "figures", stem)
+        section.figures.append(FigureBlock(title, paths["png"]))
+
+
+def _frame_markdown(frame: pd.DataFrame) -> str:
+    frame = frame.reset_index()
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    for row in frame.itertuples(index=False):
+        cells = [f"{value:.2f}" if isinstance(value, float) else str(value) for value in row]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _overview(study: Study, trials: pd.DataFrame, downstream: AblationTable, missing: list[str]) -> Section:
+    search = study.search
+    section = Section("Summary")
+    section.paragraphs.append(
+        f"Study “{study.name}”: {search.method} search over {', '.join(search.space) or 'no parameters'} "
+        f"with seeds {search.seeds}, optimising {search.metric} ({search.mode}). Each configuration is compared "
+        f"with the baseline (all regularizer weights 0) on the same seeds; a change counts as significant at "
+        f"p < {ALPHA} (paired t-test over seeds; a bootstrap interval when seeds do not pair up).")
+    section.paragraphs.append(status_sentence(trials, missing, expected_trial_count(study)))
+    best = best_configuration_sentence(downstream, search.metric, search.mode) if downstream.rows else None
+    if best:
+        section.paragraphs.append(best)
+    section.bullets = configuration_sentences(downstream)
+    if not section.bullets:
+        section.paragraphs.append("No configuration could be compared with a baseline (no finished baseline "
+                                  "trials in the same context), so no effect is claimed.")
+    return section
+
+
+def _trials_section(trials: pd.DataFrame, missing: list[str]) -> Section:
+    section = Section("Trials")
+    problems = trials[trials["status"] != "finished"]
+    section.bullets = [f"{row.config}, seed {row.seed} ({row.status}): {row.error}" for row in problems.itertuples()]
+    section.bullets += [f"missing (no trial directory): {description}" for description in missing]
+    if not section.bullets:
+        section.paragraphs.append("Every expected trial finished.")
+    finished = trials[trials["status"] == "finished"]
+    if not finished.empty:
+        columns = ["config", "seed", "status", "epochs_completed", "time_total_s", "resources.num_workers",
+                   "resources.cpus_per_worker", "resources.use_gpu"]
+        section.paragraphs.append(f"Wall time of finished trials: {finished['time_total_s'].sum():.0f} s in total, "
+                                  f"{finished['time_total_s'].median():.0f} s median per trial.")
+        section.tables.append(TableBlock("All trials", _frame_markdown(trials[columns].set_index("config")),
+                                         trials[columns].to_html(index=False, na_rep="–")))
+    return section
+
+
+def _reference_section(writer: ReportWriter, trials: pd.DataFrame) -> Section:
+    section = Section("The paper's numbers")
+    reference = reference_table(trials, zeroshot_sets(trials.columns))
+    if reference is not None:
+        section.paragraphs.append("Zero-shot top-1 (%) on the data sets this study shares with the paper "
+                                  "(Jiang et al., CVPR 2023, tables 1–2), beside this study's.")
+        writer.frame(section, "Zero-shot top-1 (%): paper and this study", reference, "reference_zeroshot")
+        return section
+    section.paragraphs.append("This study's data sets differ from the paper's (CC3M pre-training, zero-shot on "
+                              "CIFAR-10/100 and ImageNet), so its numbers are not comparable with the paper's; "
+                              "the paper's table 1 is shown for reference.")
+    table1 = paper_table("table1_zero_shot.csv").pivot(index="method", columns="dataset", values="top1")
+    writer.frame(section, PAPER_TABLES["table1_zero_shot.csv"], table1, "paper_table1")
+    return section
+
+
+def _weight_figures(writer: ReportWriter, section: Section, trials: pd.DataFrame, study: Study) -> None:
+    finished = trials[trials["status"] == "finished"]
+    downstream = present([study.search.metric, *DOWNSTREAM_METRICS[:3]], finished.columns)
+    structure = present(STRUCTURE_METRICS, finished.columns)
+    for key in REGULARIZER_KEYS:
+        if key not in study.search.space or not (finished[key] > 0).any():
+            continue
+        name = key.split(".")[-1]
+        writer.figure(section, f"Downstream metrics against {plots.weight_label(key)}",
+                      plots.metric_vs_weight(finished, key, list(dict.fromkeys(downstream))), f"{name}_downstream")
+        if structure:
+            writer.figure(section, f"Latent-structure diagnostics against {plots.weight_label(key)}",
+                          plots.metric_vs_weight(finished, key, structure), f"{name}_structure")
+
+
+def _figures_section(writer: ReportWriter, study: Study, trials: pd.DataFrame) -> Section:
+    section = Section("Figures")
+    finished = trials[trials["status"] == "finished"]
+    if finished.empty:
+        section.paragraphs.append("No finished trials yet: nothing to plot.")
+        return section
+    _weight_figures(writer, section, trials, study)
+    if study.search.metric in finished:
+        writer.figure(section, f"{study.search.metric} per configuration",
+                      plots.combination_bars(finished, study.search.metric), "combinations")
+    history = history_of(trials)
+    for metric in dict.fromkeys([study.search.metric, "train/loss"]):
+        if (history["metric"] == metric).any():
+            writer.figure(section, f"Learning curves: {metric}", plots.learning_curves(history, metric),
+                          f"curves_{metric.replace('/', '_')}")
+    _pca_figure(writer, section, study, finished)
+    return section
+
+
+def _pca_figure(writer: ReportWriter, section: Section, study: Study, finished: pd.DataFrame) -> None:
+    """The baseline's embeddings beside the best regularized configuration's (first seed with a file)."""
+    with_embeddings = finished[[Path(d, "embeddings.npz").is_file() for d in finished["trial_dir"]]]
+    baseline = with_embeddings[with_embeddings["is_baseline"]]
+    regularized = with_embeddings[~with_embeddings["is_baseline"]]
+    if baseline.empty or regularized.empty or study.search.metric not in finished:
+        return
+    means = finished[~finished["is_baseline"]].groupby("config")[study.search.metric].mean()
+    ranked = [config for config in means.sort_values(ascending=study.search.mode == "min").index
+              if config in set(regularized["config"])]
+    best = regularized[regularized["config"] == ranked[0]].sort_values("seed").iloc[0]
+    base = baseline.sort_values("seed").iloc[0]
+    panels = {f"{base['config']} (seed {base['seed']})": Path(base["trial_dir"], "embeddings.npz"),
+              f"{best['config']} (seed {best['seed']})": Path(best["trial_dir"], "embeddings.npz")}
+    writer.figure(section, "Embeddings: baseline and best regularized model (PCA)", plots.embedding_pca(panels),
+                  "embeddings_pca")
+
+
+def _optuna_section(writer: ReportWriter, study: Study) -> Section | None:
+    if not study.optuna_db.is_file():
+        return None
+    import optuna
+
+    section = Section("Optuna search")
+    try:
+        optuna_study = plots.load_optuna_study(study.optuna_db, study.name)
+    except KeyError:
+        section.paragraphs.append(f"{study.optuna_db} holds no study named {study.name!r}.")
+        return section
+    complete = optuna_study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    section.paragraphs.append(f"{len(complete)} completed Optuna trials; objective = {study.search.metric} "
+                              f"averaged over seeds ({study.search.mode}).")
+    if not complete:
+        return section
+    writer.figure(section, "Optimization history", plots.optuna_history(optuna_study), "optuna_history")
+    if len(complete) >= 2 and any(len({t.params.get(k) for t in complete}) > 1 for k in complete[0].params):
+        writer.figure(section, "Parameter importances", plots.optuna_importances(optuna_study), "optuna_importances")
+        writer.figure(section, "Parallel coordinates", plots.optuna_parallel_coordinates(optuna_study),
+                      "optuna_parallel")
+    return section
+
+
+def _info_gap_section(writer: ReportWriter, trials: pd.DataFrame) -> Section:
+    section = Section("Information gap and alignment pressure")
+    analysis = analyse_info_gap(trials)
+    section.paragraphs.append(
+        "Prediction (Theorem 3.1): where image and text carry different label information, pushing them into "
+        "exact alignment lowers the accuracy of probes for modality-specific attributes, while the shared class "
+        "is kept; the regularizers should recover some of it. Comparisons are paired over seeds at one "
+        "information gap; d is Cohen's d of the paired differences.")
+    section.paragraphs.append(analysis.verdict)
+    section.bullets = analysis.findings
+    wide = analysis.table()
+    if not wide.empty:
+        writer.frame(section, "Effects of alignment pressure and of the regularizers under it", wide, "info_gap")
+    metrics = present(INFO_GAP_METRICS, trials.columns)
+    if metrics and (trials["status"] == "finished").any():
+        writer.figure(section, "Probe accuracy, zero-shot and retrieval against alignment pressure",
+                      plots.info_gap_lines(trials, metrics), "info_gap")
+    return section
+
+
+def build_sections(study: Study, trials: pd.DataFrame, writer: ReportWriter) -> list[Section]:
+    missing = missing_trials(study, trials)
+    downstream_metrics = list(dict.fromkeys(present([study.search.metric, *DOWNSTREAM_METRICS], trials.columns)))
+    downstream = ablation_table(trials, downstream_metrics, "Downstream metrics", study.search.metric,
+                                study.search.mode)
+    structure = ablation_table(trials, present(STRUCTURE_METRICS, trials.columns), "Latent-structure diagnostics",
+                               study.search.metric, study.search.mode)
+    summary = _overview(study, trials, downstream, missing)
+    tables = Section("Ablation tables")
+    for table, stem in ((downstream, "ablation_downstream"), (structure, "ablation_structure")):
+        if table.rows and table.metrics:
+            writer.ablation(tables, table, stem)
+    sections = [summary, tables]
+    if is_info_gap_study(study.search.searched_keys):
+        sections.append(_info_gap_section(writer, trials))
+    sections.append(_figures_section(writer, study, trials))
+    optuna_section = _optuna_section(writer, study)
+    if optuna_section is not None:
+        sections.append(optuna_section)
+    sections += [_reference_section(writer, trials), _trials_section(trials, missing)]
+    return sections
+
+
+# --------------------------------------------------------------------------- rendering
+
+_HTML = jinja2.Environment(autoescape=True).from_string("""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
+<style>
+body { font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { border-bottom: 2px solid #446; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th { background: #eef; } td:first-child, th:first-child { text-align: left; }
+figure { margin: 1em 0; } img { max-width: 100%; } figcaption, .legend { color: #555; font-size: 0.85em; }
+li { margin: 0.3em 0; }
+</style></head><body>
+<h1>{{ title }}</h1>
+{% for section in sections %}<section><h2>{{ section.title }}</h2>
+{% for paragraph in section.paragraphs %}<p>{{ paragraph }}</p>
+{% endfor %}{% if section.bullets %}<ul>{% for bullet in section.bullets %}<li>{{ bullet }}</li>
+{% endfor %}</ul>{% endif %}
+{% for table in section.tables %}<h3>{{ table.title }}</h3>{{ table.html | safe }}
+{% endfor %}{% if section.tables and section.title == "Ablation tables" %}<p class="legend">{{ legend }}</p>{% endif %}
+{% for figure in section.figures %}<figure><img alt="{{ figure.title }}" src="data:image/png;base64,{{ figure.data }}">
+<figcaption>{{ figure.title }}</figcaption></figure>
+{% endfor %}</section>
+{% endfor %}</body></html>
+""")
+
+
+def render_html(title: str, sections: list[Section]) -> str:
+    views = [
+        {**section.__dict__, "figures": [{"title": f.title, "data": base64.b64encode(f.png.read_bytes()).decode()}
+                                         for f in section.figures]}
+        for section in sections
+    ]
+    return _HTML.render(title=title, sections=views, legend=LEGEND)
+
+
+def render_markdown(title: str, sections: list[Section], out_dir: Path) -> str:
+    lines = [f"# {title}", ""]
+    for section in sections:
+        lines += [f"## {section.title}", ""]
+        lines += [paragraph + "\n" for paragraph in section.paragraphs]
+        lines += [f"- {bullet}" for bullet in section.bullets] + ([""] if section.bullets else [])
+        for table in section.tables:
+            lines += [f"### {table.title}", "", table.markdown]
+        for figure in section.figures:
+            lines += [f"![{figure.title}]({figure.png.relative_to(out_dir).as_posix()})", ""]
+    return "\n".join(lines)
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
+                 formats: tuple[str, ...] | list[str] = FORMATS) -> Path:
+    """Write the report of the study in `results_dir`; returns report.html (or report.md without html)."""
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"--formats: unknown format(s) {', '.join(unknown)} (choose from {', '.join(FORMATS)})")
+    trials = load(results_dir)
+    study: Study = trials.attrs["study"]
+    out_dir = Path(out_dir) if out_dir is not None else study.results_dir / "report"
+    writer = ReportWriter(out_dir, tuple(formats))
+    sections = build_sections(study, trials, writer)
+    title = f"Study report: {study.name}"
+    written = out_dir
+    if "md" in formats:
+        written = write_atomic(out_dir / "report.md", render_markdown(title, sections, out_dir))
+    if "html" in formats:
+        written = write_atomic(out_dir / "report.html", render_html(title, sections))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
+    parser.add_argument("results_dir", help="a study's results directory (holds study.yaml and trials/)")
+    parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated: html,md,tex")
+    parser.add_argument("--out", default=None, help="output directory (default RESULTS_DIR/report)")
+    args = parser.parse_args(argv)
+    formats = tuple(item.strip() for item in args.formats.split(",") if item.strip())
+    try:
+        path = write_report(args.results_dir, args.out, formats)
+    except (ValueError, ConfigError) as exc:
+        print(f"analysis.report: {html.unescape(str(exc))}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
