@@ -42,7 +42,8 @@ def paired_features(
     """Images and noisy captions of them (num_captions / num_images captions each), normalized.
 
     The noise is large enough (a true pair's cosine is about 0.2) that recall is far from 1, so
-    the top-k lists are not degenerate."""
+    the top-k lists are not degenerate.
+    """
     generator = torch.Generator().manual_seed(0)
     images = F.normalize(torch.randn(num_images, dim, generator=generator), dim=1)
     caption_to_image = torch.arange(num_captions) * num_images // num_captions
