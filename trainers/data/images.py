@@ -1,0 +1,48 @@
+"""Reading real images into the item format: uint8 (3, S, S), shorter side resized then centre-cropped."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+
+def square_resize(image: torch.Tensor, image_size: int) -> torch.Tensor:
+    image = F.resize(image, image_size, antialias=True)
+    return F.center_crop(image, [image_size, image_size])
+
+
+_TO_TENSOR = v2.PILToTensor()
+
+
+def pil_to_uint8(image: Image.Image, image_size: int) -> torch.Tensor:
+    return square_resize(_TO_TENSOR(image.convert("RGB")), image_size)
+
+
+def decode_image_bytes(payload: bytes, image_size: int) -> torch.Tensor:
+    """Raises ValueError on bytes that are not an image (the caller names where they came from)."""
+    try:
+        with Image.open(io.BytesIO(payload)) as image:
+            return pil_to_uint8(image, image_size)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(f"not a readable image ({exc})") from None
+
+
+def load_image(path: Path, image_size: int, where: str) -> torch.Tensor:
+    """`where` names the annotation that pointed here (file and row), for the error message."""
+    if not path.is_file():
+        raise ValueError(f"{where}: image file {path} does not exist")
+    try:
+        with Image.open(path) as image:
+            return pil_to_uint8(image, image_size)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(f"{where}: cannot read image {path} ({exc})") from None
+
+
+def resolve(path: str, root: str | Path | None) -> Path:
+    candidate = Path(path)
+    return candidate if candidate.is_absolute() or root is None else Path(root) / candidate

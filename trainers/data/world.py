@@ -1,0 +1,170 @@
+"""The synthetic image-caption world with an information gap (paper.md, Theorem 3.1).
+
+A scene holds 1-3 objects. The *main* object (the largest, drawn last) carries the shared label:
+its shape is the zero-shot class. Each modality also carries information the other lacks:
+
+- image-only: the main object's texture and the background pattern are drawn but never written;
+- text-only: the main object's owner and material are written but the renderer never reads them.
+
+`info_gap` sets, per sample, the probability that texture and owner are drawn independently at
+random; otherwise they are a fixed function of the shape, so at 0 both modalities carry the same
+label information and at 1 each carries some that the other lacks.
+
+Every scene depends only on (world_seed, split, index), so splits never share a sample and a
+sample does not change when the split grows. `render_scenes` reads only the visual fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "star", "hexagon")
+COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "cyan", "pink")
+COLOUR_RGB = np.array(
+    [[210, 45, 45], [50, 170, 60], [50, 80, 215], [225, 210, 50],
+     [140, 60, 180], [235, 130, 30], [50, 200, 210], [235, 120, 180]],
+    dtype=np.float32,
+)
+SIZES = ("small", "medium", "large")
+SIZE_RADIUS = (0.10, 0.145, 0.20)  # fraction of the image side
+POSITIONS = (
+    "in the top left", "at the top", "in the top right",
+    "on the left", "in the middle", "on the right",
+    "in the bottom left", "at the bottom", "in the bottom right",
+)
+# image-only attributes: rendered, never written
+TEXTURES = ("solid", "striped", "dotted", "checkered")
+BACKGROUNDS = ("plain", "gradient", "grid", "waves")
+# text-only attributes: written, never rendered
+OWNERS = ("alice", "bob", "carol", "dave")
+MATERIALS = ("wood", "metal", "plastic", "glass", "paper")
+COUNT_WORDS = ("one", "two", "three")
+
+MAX_OBJECTS = 3
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+WORLD_VERSION = 1  # bump when generation changes, so caches are rebuilt
+
+# Synonyms the captions may use and that EDA replaces; zero-shot class names stay canonical.
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "circle": ("disc",), "square": ("tile",), "triangle": ("wedge",), "diamond": ("rhombus",),
+    "cross": ("plus",), "ring": ("hoop",), "star": ("pentagram",), "hexagon": ("hex",),
+    "small": ("little", "tiny"), "medium": ("midsize",), "large": ("big", "huge"),
+    "photo": ("picture", "snapshot"), "belongs": ("goes",), "next": ("close",), "near": ("beside",),
+    "there": ("here",), "sits": ("rests", "lies"), "thing": ("object", "item"),
+}
+
+CAPTION_TEMPLATES = (
+    "a {size} {colour} {shape} {position}, made of {material} and owned by {owner}",
+    "{owner}'s {material} {shape} is {colour} and {size}, {position}",
+    "there is a {size} {colour} {material} {shape} {position} that belongs to {owner}",
+    "a photo of {owner}'s {size} {colour} {shape} {position}; it is {material}",
+    "{position} sits a {colour} {shape} of {size} size, {owner} owns this {material} thing",
+    "the {material} {shape} {position} is {size} and {colour}, property of {owner}",
+)
+DISTRACTOR_CLAUSES = (" next to a {colour} {shape}", " near a {colour} {shape}", " with {count} objects in view")
+
+
+@dataclass
+class Scenes:
+    """Attributes of N scenes as arrays; object slot MAX_OBJECTS-1 is the main object."""
+
+    shape: np.ndarray  # (N, 3) int, -1 where the slot is empty
+    colour: np.ndarray  # (N, 3) int
+    radius: np.ndarray  # (N, 3) float, pixels
+    centre: np.ndarray  # (N, 3, 2) float, pixels (x, y)
+    texture: np.ndarray  # (N, 3) int
+    colour_rgb: np.ndarray  # (N, 3, 3) float, jittered colour
+    background: np.ndarray  # (N,) int
+    background_rgb: np.ndarray  # (N, 3) float
+    noise_seed: np.ndarray  # (N,) uint64
+    size: np.ndarray  # (N,) int, main object's size class
+    position: np.ndarray  # (N,) int, main object's grid cell
+    owner: np.ndarray  # (N,) int
+    material: np.ndarray  # (N,) int
+    caption_seed: np.ndarray  # (N,) uint64
+
+    def __len__(self) -> int:
+        return len(self.background)
+
+    @property
+    def label(self) -> np.ndarray:
+        return self.shape[:, -1]
+
+    @property
+    def num_objects(self) -> np.ndarray:
+        return (self.shape >= 0).sum(axis=1)
+
+    def subset(self, index: np.ndarray) -> Scenes:
+        return Scenes(**{name: getattr(self, name)[index] for name in self.__dataclass_fields__})
+
+    def attributes(self) -> dict[str, np.ndarray]:
+        """Per-sample labels that probes and the cache use."""
+        return {
+            "class": self.label, "colour": self.colour[:, -1], "size": self.size,
+            "position": self.position, "texture": self.texture[:, -1], "background": self.background,
+            "owner": self.owner, "material": self.material, "num_objects": self.num_objects,
+        }
+
+
+def _sample_seed(world_seed: int, split: str, index: int, stream: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence([world_seed, SPLIT_IDS[split], index, stream])
+
+
+def sample_scenes(world_seed: int, split: str, start: int, count: int, info_gap: float,
+                  image_size: int) -> Scenes:
+    """Draw scenes start..start+count of a split; each from its own (seed, split, index) stream."""
+    if split not in SPLIT_IDS:
+        raise ValueError(f"split: unknown split {split!r} (expected one of {sorted(SPLIT_IDS)})")
+    # one uniform vector per sample, mapped to attributes below in a vectorized way
+    draws = np.stack([
+        np.random.Generator(np.random.PCG64(_sample_seed(world_seed, split, i, 0))).random(40)
+        for i in range(start, start + count)
+    ]) if count else np.zeros((0, 40))
+    seeds = np.stack([
+        _sample_seed(world_seed, split, i, 1).generate_state(2, dtype=np.uint64)
+        for i in range(start, start + count)
+    ]) if count else np.zeros((0, 2), dtype=np.uint64)
+    return _scenes_from_draws(draws, seeds, info_gap, image_size)
+
+
+def _pick(u: np.ndarray, n: int) -> np.ndarray:
+    return np.minimum((u * n).astype(np.int64), n - 1)
+
+
+def _scenes_from_draws(d: np.ndarray, seeds: np.ndarray, info_gap: float, image_size: int) -> Scenes:
+    n, s = len(d), float(image_size)
+    num_distractors = _pick(d[:, 0], MAX_OBJECTS)
+    shape = _pick(d[:, 1:4], len(SHAPES))
+    colour = _pick(d[:, 4:7], len(COLOURS))
+    size = _pick(d[:, 7], len(SIZES))
+    main_radius = np.asarray(SIZE_RADIUS)[size] * s * (0.9 + 0.2 * d[:, 8])
+    # distractors are smaller than the main object, so "main" is well defined
+    low = 0.055 * s
+    distractor_radius = low + (np.maximum(main_radius[:, None] * 0.8, low) - low) * d[:, 9:11]
+    radius = np.concatenate([distractor_radius, main_radius[:, None]], axis=1)
+    position = _pick(d[:, 11], len(POSITIONS))
+    cell = np.stack([position % 3, position // 3], axis=1).astype(np.float32)
+    main_centre = (0.2 + 0.3 * cell + 0.12 * (d[:, 12:14] - 0.5)) * s
+    main_centre = np.clip(main_centre, main_radius[:, None], s - main_radius[:, None])
+    distractor_centre = radius[:, :2, None] + d[:, 14:18].reshape(n, 2, 2) * (s - 2 * radius[:, :2, None])
+    centre = np.concatenate([distractor_centre, main_centre[:, None]], axis=1)
+    empty = np.arange(2)[None, :] < (2 - num_distractors[:, None])
+    shape[:, :2][empty] = -1
+    texture = _pick(d[:, 18:21], len(TEXTURES))
+    owner = _pick(d[:, 21], len(OWNERS))
+    # the information-gap knob: with probability 1 - info_gap, texture and owner follow the class
+    tied = d[:, 22] >= info_gap
+    main_shape = shape[:, -1]
+    texture[tied, -1] = main_shape[tied] % len(TEXTURES)
+    owner[tied] = (main_shape[tied] // 2) % len(OWNERS)
+    colour_rgb = np.clip(COLOUR_RGB[colour] + 50 * (d[:, 23:32].reshape(n, 3, 3) - 0.5), 0, 255)
+    return Scenes(
+        shape=shape, colour=colour, radius=radius.astype(np.float32), centre=centre.astype(np.float32),
+        texture=texture, colour_rgb=colour_rgb.astype(np.float32),
+        background=_pick(d[:, 32], len(BACKGROUNDS)),
+        background_rgb=(70 + 80 * d[:, 33:36]).astype(np.float32),
+        noise_seed=seeds[:, 0], size=size, position=position, owner=owner,
+        material=_pick(d[:, 36], len(MATERIALS)), caption_seed=seeds[:, 1],
+    )
