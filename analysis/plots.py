@@ -39,7 +39,7 @@ def save_figure(figure: plt.Figure, directory: Path, stem: str) -> dict[str, Pat
     paths = {}
     for fmt in FIGURE_FORMATS:
         buffer = io.BytesIO()
-        figure.savefig(buffer, format=fmt, dpi=120, bbox_inches="tight")
+        figure.savefig(buffer, format=fmt, dpi=100)
         paths[fmt] = write_atomic(directory / f"{stem}.{fmt}", buffer.getvalue())
     plt.close(figure)
     return paths
@@ -141,7 +141,8 @@ def load_optuna_study(storage_path: Path, study_name: str) -> optuna.Study:
 
 
 def optuna_history(study: optuna.Study) -> plt.Figure:
-    with warnings.catch_warnings():
+    # optuna's plots switch matplotlib to its own style globally: rc_context puts ours back after
+    with warnings.catch_warnings(), matplotlib.rc_context():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         ax = optuna.visualization.matplotlib.plot_optimization_history(study)
     ax.set_xlabel("trial")
@@ -163,7 +164,7 @@ def optuna_importances(study: optuna.Study) -> plt.Figure:
 
 
 def optuna_parallel_coordinates(study: optuna.Study) -> plt.Figure:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), matplotlib.rc_context():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         ax = optuna.visualization.matplotlib.plot_parallel_coordinate(study)
     ax.figure.set_size_inches(7.0, 4.0)
