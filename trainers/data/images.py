@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import torch
@@ -46,3 +47,21 @@ def load_image(path: Path, image_size: int, where: str) -> torch.Tensor:
 def resolve(path: str, root: str | Path | None) -> Path:
     candidate = Path(path)
     return candidate if candidate.is_absolute() or root is None else Path(root) / candidate
+
+
+def read_json_annotations(path: str | Path, required: tuple[str, ...], limit: int | None = None) -> list[dict]:
+    """A JSON list of annotation dicts, each with the `required` keys; errors name file and entry."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such annotation file")
+    try:
+        entries = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a JSON list of annotations")
+    for row, entry in enumerate(entries):
+        missing = [key for key in required if key not in entry]
+        if missing:
+            raise ValueError(f"{path}: entry {row} lacks {', '.join(missing)}")
+    return entries[:limit] if limit else entries

@@ -6,7 +6,6 @@ Items are dicts {"image": uint8 (3, H, W), "caption": str, "index": int}, plus "
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from trainers.config import DataConfig
 from trainers.data.augment import ImageAugmentation, eda_augment, view_seed
-from trainers.data.images import decode_image_bytes, load_image, resolve
+from trainers.data.images import decode_image_bytes, load_image, read_json_annotations, resolve
 from trainers.data.synthetic import world_split
 
 logger = logging.getLogger(__name__)
@@ -98,26 +97,11 @@ def read_csv_rows(path: str, data: DataConfig) -> list[tuple[Path, str, str]]:
 
 def read_albef_caption_rows(path: str, image_root: str | None) -> list[tuple[Path, str, str]]:
     """ALBEF pre-training / COCO / Flickr JSON: [{"image": path, "caption": str | [str, ...]}, ...]."""
-    entries = _read_json_list(path)
     rows = []
-    for row, entry in enumerate(entries):
-        if "image" not in entry or "caption" not in entry:
-            raise ValueError(f"{path}: entry {row} needs 'image' and 'caption' keys")
+    for row, entry in enumerate(read_json_annotations(path, ("image", "caption"))):
         captions = entry["caption"] if isinstance(entry["caption"], list) else [entry["caption"]]
         rows += [(resolve(entry["image"], image_root), caption, f"{path}:entry {row}") for caption in captions]
     return rows
-
-
-def _read_json_list(path: str) -> list[dict]:
-    if not Path(path).is_file():
-        raise ValueError(f"{path}: no such annotation file")
-    try:
-        entries = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a JSON list of annotations")
-    return entries
 
 
 class WebDatasetPretrain(IterableDataset):
