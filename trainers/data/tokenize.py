@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
 def wordpiece_from_words(words: Iterable[str]) -> PreTrainedTokenizerFast:
     """Every listed word is one token; single characters (and ## continuations) cover anything else."""
     words = sorted(set(words))
-    characters = sorted({c for w in words for c in w} | set("abcdefghijklmnopqrstuvwxyz0123456789.,;:'?!-()"))
+    characters = sorted({c for w in words for c in w} | set(string.ascii_lowercase + string.digits + string.punctuation))
     vocab_list = [*SPECIAL_TOKENS, *characters, *(f"##{c}" for c in characters),
                   *(w for w in words if w not in characters)]
     vocab = {token: i for i, token in enumerate(dict.fromkeys(vocab_list))}

@@ -1,0 +1,113 @@
+"""The synthetic world: determinism, split disjointness, the information-gap property, caching."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from trainers.config import DataConfig
+from trainers.data import build_pretrain_dataset
+from trainers.data.captions import scene_captions
+from trainers.data.render import render_scenes
+from trainers.data.synthetic import world_split
+from trainers.data.world import BACKGROUNDS, MATERIALS, OWNERS, SHAPES, TEXTURES, sample_scenes
+
+
+def _config(tmp_path, **overrides) -> DataConfig:
+    return DataConfig(cache_dir=str(tmp_path / "cache"), train_size=96, eval_size=32, **overrides)
+
+
+def test_same_seed_and_config_give_identical_bytes(tmp_path):
+    first = world_split(_config(tmp_path / "a"), "train", 96)
+    second = world_split(_config(tmp_path / "b"), "train", 96)  # separate caches: rendered twice
+    assert np.array_equal(np.asarray(first.images), np.asarray(second.images))
+    assert first.captions == second.captions
+    other_seed = world_split(_config(tmp_path / "c", world_seed=1), "train", 96)
+    assert not np.array_equal(np.asarray(first.images), np.asarray(other_seed.images))
+
+
+def test_a_sample_does_not_depend_on_the_split_size():
+    small = sample_scenes(0, "train", 0, 10, 0.5, 64)
+    large = sample_scenes(0, "train", 0, 50, 0.5, 64)
+    assert np.array_equal(render_scenes(small, 64), render_scenes(large, 64)[:10])
+
+
+def test_splits_share_no_image_or_caption(tmp_path):
+    data = _config(tmp_path)
+    seen: dict[str, str] = {}
+    for split in ("train", "val", "test"):
+        part = world_split(data, split, 96)
+        for image, caption in zip(part.images, part.captions, strict=True):
+            digest = hashlib.sha256(np.asarray(image).tobytes()).hexdigest()
+            assert seen.setdefault(digest, split) == split
+            assert seen.setdefault(caption + digest, split) == split
+
+
+def test_image_only_attributes_never_appear_in_captions():
+    scenes = sample_scenes(3, "train", 0, 500, 1.0, 64)
+    words = {w.strip(",.;'") for c in scene_captions(scenes) for w in c.split()}
+    assert not words & (set(TEXTURES) | set(BACKGROUNDS))
+    # and changing them leaves every caption unchanged
+    scenes.texture[:] = (scenes.texture + 1) % len(TEXTURES)
+    scenes.background[:] = (scenes.background + 1) % len(BACKGROUNDS)
+    assert scene_captions(scenes) == scene_captions(sample_scenes(3, "train", 0, 500, 1.0, 64))
+
+
+def test_text_only_facts_never_change_the_pixels_but_do_change_captions():
+    scenes = sample_scenes(5, "val", 0, 200, 1.0, 64)
+    before, captions = render_scenes(scenes, 64), scene_captions(scenes)
+    scenes.owner[:] = (scenes.owner + 1) % len(OWNERS)
+    scenes.material[:] = (scenes.material + 2) % len(MATERIALS)
+    assert np.array_equal(before, render_scenes(scenes, 64))
+    changed = scene_captions(scenes)
+    assert all(a != b for a, b in zip(captions, changed, strict=True))
+    # a visual change does reach the pixels (the comparison above can fail)
+    scenes.texture[:, -1] = (scenes.texture[:, -1] + 1) % len(TEXTURES)
+    assert not np.array_equal(before, render_scenes(scenes, 64))
+
+
+@pytest.mark.parametrize("info_gap", [0.0, 1.0])
+def test_info_gap_controls_how_much_modality_specific_labels_follow_the_class(info_gap):
+    attributes = sample_scenes(0, "train", 0, 2000, info_gap, 64).attributes()
+    label = attributes["class"]
+    texture_follows = np.mean(attributes["texture"] == label % len(TEXTURES))
+    owner_follows = np.mean(attributes["owner"] == (label // 2) % len(OWNERS))
+    if info_gap == 0.0:
+        assert texture_follows == 1.0 and owner_follows == 1.0
+    else:  # independent draws agree with the tied value only by chance (1/4)
+        assert 0.18 < texture_follows < 0.32 and 0.18 < owner_follows < 0.32
+
+
+def test_world_has_enough_classes_and_every_shape_occurs():
+    scenes = sample_scenes(0, "train", 0, 400, 0.5, 64)
+    assert len(SHAPES) >= 6
+    assert set(np.unique(scenes.label)) == set(range(len(SHAPES)))
+    assert set(np.unique(scenes.num_objects)) == {1, 2, 3}
+
+
+def test_cache_is_written_once_and_reused(tmp_path):
+    data = _config(tmp_path)
+    world_split(data, "train", 96)
+    files = sorted((tmp_path / "cache" / "synthetic").iterdir())
+    assert [f.suffix for f in files] == [".json", ".npy"]
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    again = world_split(data, "train", 96)
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+    assert isinstance(again.images, np.memmap)
+
+
+def test_pretrain_items_and_deterministic_views(tmp_path):
+    dataset = build_pretrain_dataset(_config(tmp_path), augment=True)
+    assert len(dataset) == 96
+    item = dataset[7]
+    assert item["image"].dtype == torch.uint8 and item["image"].shape == (3, 64, 64)
+    assert item["image_aug"].shape == (3, 64, 64) and item["index"] == 7
+    assert isinstance(item["caption"], str) and isinstance(item["caption_aug"], str)
+    again = build_pretrain_dataset(_config(tmp_path), augment=True)[7]
+    assert torch.equal(item["image_aug"], again["image_aug"]) and item["caption_aug"] == again["caption_aug"]
+    dataset.set_epoch(1)  # a new epoch draws new views of the same sample
+    assert not torch.equal(dataset[7]["image_aug"], item["image_aug"])
+    assert torch.equal(dataset[7]["image"], item["image"])
+    plain = build_pretrain_dataset(_config(tmp_path), split="val")[0]
+    assert set(plain) == {"image", "caption", "index"}
