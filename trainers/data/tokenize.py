@@ -46,7 +46,8 @@ def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
 def wordpiece_from_words(words: Iterable[str]) -> PreTrainedTokenizerFast:
     """Every listed word is one token; single characters (and ## continuations) cover anything else."""
     words = sorted(set(words))
-    characters = sorted({c for w in words for c in w} | set(string.ascii_lowercase + string.digits + string.punctuation))
+    ascii_characters = set(string.ascii_lowercase + string.digits + string.punctuation)
+    characters = sorted({c for w in words for c in w} | ascii_characters)
     vocab_list = [*SPECIAL_TOKENS, *characters, *(f"##{c}" for c in characters),
                   *(w for w in words if w not in characters)]
     vocab = {token: i for i, token in enumerate(dict.fromkeys(vocab_list))}
