@@ -8,9 +8,8 @@ already-weighted terms (every key ending in `_loss`; the objective is their sum)
 `torch.distributed`, computes every term on the global batch gathered once from all ranks.
 
 Efficiency: the geometric-consistency terms are squared Frobenius norms of differences of
-Gram matrices, which equal inner products of D x D Gram matrices, so they are evaluated in
-whichever of the N x N and D x D spaces is smaller (O(min(N, D)^2) memory). Symmetric Grams
-use a one-GEMM backward.
+Gram matrices, which can be evaluated with either N x N or D x D Gram matrices; the smaller
+is used (O(min(N, D)^2) memory), each computed once. Symmetric Grams have a one-GEMM backward.
 """
 
 from __future__ import annotations
@@ -93,28 +92,31 @@ def _gram(x: Tensor, inner: bool = False) -> Tensor:
     return _SymmetricGram.apply(x, inner)
 
 
-def _frobenius_inner(a: Tensor, b: Tensor) -> Tensor:
-    return (a * b).sum()
+def _geometric_consistency_sum(v: Tensor, t: Tensor, v_aug: Tensor | None, t_aug: Tensor | None) -> Tensor:
+    """N * (L_GC + L^a_GC) without the diagonal term, each Gram matrix computed once.
 
-
-def _gram_distance_sq(x: Tensor, y: Tensor) -> Tensor:
-    """sum_jk (<x_j,x_k> - <y_j,y_k>)^2 = ||XX^T - YY^T||_F^2, in the smaller of N/D space."""
-    n, d = x.shape
-    if n <= d:
-        return (_gram(x) - _gram(y)).square().sum()
-    # ||XX^T||^2 = ||X^TX||^2 and <XX^T, YY^T> = ||X^TY||^2
-    return _gram(x, True).square().sum() + _gram(y, True).square().sum() - 2 * (x.T @ y).square().sum()
-
-
-def _cross_and_intra_sq(v: Tensor, t: Tensor) -> Tensor:
-    """sum_jk (<v_j,t_k> - <v_k,t_j>)^2 + (<v_j,v_k> - <t_j,t_k>)^2 (CyCLIP's two cyclic losses)."""
+    Every term is a squared Frobenius norm of a difference of Gram-like matrices. With N <= D
+    those are N x N; otherwise ||XX^T||^2 = ||X^TX||^2 and <XX^T, YY^T> = ||X^TY||^2 move the
+    sums into D x D space.
+    """
+    with_aug = v_aug is not None and t_aug is not None
     n, d = v.shape
     if n <= d:
+        gram_v, gram_t = _gram(v), _gram(t)  # (N, N)
         cross = v @ t.T  # (N, N); the cross-modal term compares it with its own transpose
-        return (cross - cross.T).square().sum() + (_gram(v) - _gram(t)).square().sum()
-    # With P = V^TV, Q = T^TT, M = T^TV (all D x D) the sum is ||P + Q||^2 - ||M + M^T||^2.
-    mixed = t.T @ v
-    return (_gram(v, True) + _gram(t, True)).square().sum() - (mixed + mixed.T).square().sum()
+        total = (cross - cross.T).square().sum() + (gram_v - gram_t).square().sum()
+        if with_aug:
+            total = total + (gram_v - _gram(v_aug)).square().sum() + (gram_t - _gram(t_aug)).square().sum()
+        return total
+    gram_v, gram_t = _gram(v, inner=True), _gram(t, inner=True)  # (D, D)
+    mixed = t.T @ v  # (D, D)
+    # cross + intra = ||P + Q||^2 - ||M + M^T||^2 with P = V^TV, Q = T^TT, M = T^TV
+    total = (gram_v + gram_t).square().sum() - (mixed + mixed.T).square().sum()
+    if with_aug:
+        for x, x_aug, gram in ((v, v_aug, gram_v), (t, t_aug, gram_t)):
+            aug_gram = _gram(x_aug, inner=True)
+            total = total + gram.square().sum() + aug_gram.square().sum() - 2 * (x.T @ x_aug).square().sum()
+    return total
 
 
 def _row_dot(x: Tensor, y: Tensor) -> Tensor:
@@ -131,9 +133,8 @@ def geometric_consistency_loss(
     _check_features("geometric_consistency_loss", v=v, t=t, v_aug=v_aug, t_aug=t_aug)
     with _full_precision(v):
         v, t, v_aug, t_aug = _wide(v), _wide(t), _wide(v_aug), _wide(t_aug)
-        total = _cross_and_intra_sq(v, t)
+        total = _geometric_consistency_sum(v, t, v_aug, t_aug)
         if v_aug is not None and t_aug is not None:
-            total = total + _gram_distance_sq(v, v_aug) + _gram_distance_sq(t, t_aug)
             total = total + (_row_dot(v, t) - _row_dot(v_aug, t_aug)).square().sum()
         return total / v.shape[0]
 
