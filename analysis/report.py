@@ -92,7 +92,8 @@ def _frame_markdown(frame: pd.DataFrame) -> str:
 # --------------------------------------------------------------------------- sections
 
 
-def _overview(study: Study, trials: pd.DataFrame, downstream: AblationTable, missing: list[str]) -> Section:
+def _overview(study: Study, trials: pd.DataFrame, downstream: AblationTable, structure: AblationTable,
+              missing: list[str]) -> Section:
     search = study.search
     section = Section("Summary")
     section.paragraphs.append(
@@ -105,6 +106,7 @@ def _overview(study: Study, trials: pd.DataFrame, downstream: AblationTable, mis
     if best:
         section.paragraphs.append(best)
     section.bullets = configuration_sentences(downstream)
+    section.bullets += [f"Latent structure: {sentence}" for sentence in configuration_sentences(structure)]
     if not section.bullets:
         section.paragraphs.append("No configuration could be compared with a baseline (no finished baseline "
                                   "trials in the same context), so no effect is claimed.")
@@ -248,7 +250,7 @@ def build_sections(study: Study, trials: pd.DataFrame, writer: ReportWriter) -> 
                                 study.search.mode)
     structure = ablation_table(trials, present(STRUCTURE_METRICS, trials.columns), "Latent-structure diagnostics",
                                study.search.metric, study.search.mode)
-    summary = _overview(study, trials, downstream, missing)
+    summary = _overview(study, trials, downstream, structure, missing)
     tables = Section("Ablation tables")
     for table, stem in ((downstream, "ablation_downstream"), (structure, "ablation_structure")):
         if table.rows and table.metrics:

@@ -101,7 +101,6 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
-@pytest.mark.slow
 def test_html_report_loads_in_headless_chromium(ablation_report, tmp_path):
     _, html_path = ablation_report
     screenshot = tmp_path / "report.png"
