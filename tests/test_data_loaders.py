@@ -160,8 +160,9 @@ def test_zeroshot_from_cifar10_root_and_a_folder(tmp_path, images):
         for i in range(3):
             _png(tmp_path / "folder" / class_name / f"{i}.png", colour)
     (tmp_path / "names.txt").write_text("cat\ndog\n")
+    entries = [f"cifar10:{tmp_path / 'cifar'}", f"folder:{tmp_path / 'folder'}::{tmp_path / 'names.txt'}"]
     data = DataConfig(dataset="csv", path=str(_csv(tmp_path, ["red.png\tx"])), image_size=32, eval_size=16,
-                      zeroshot=[f"cifar10:{tmp_path / 'cifar'}", f"folder:{tmp_path / 'folder'}::{tmp_path / 'names.txt'}"])
+                      zeroshot=entries)
     sets = build_task_sets(data)
     cifar, folder = sets.zeroshot
     assert cifar.name == "cifar10" and cifar.classnames[0] == "airplane" and cifar.images.shape == (10, 3, 32, 32)
