@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from trainers.config import EvalConfig
+from trainers.data.tasks import ProbeTask, RetrievalTask, TaskSets, ZeroShotTask
 from trainers.evaluate import (
     alignment,
     embedding_sample,
@@ -23,43 +24,6 @@ from trainers.evaluate import (
     zeroshot_classifier,
     zeroshot_topk,
 )
-
-try:
-    from trainers.data import ProbeTask, RetrievalTask, TaskSets, ZeroShotTask
-except ImportError:  # trainers.data is being written; these follow its documented contract
-    from dataclasses import dataclass, field
-
-    @dataclass
-    class ZeroShotTask:
-        name: str
-        classnames: list[str]
-        templates: list[str]
-        images: torch.Tensor
-        labels: torch.Tensor
-
-    @dataclass
-    class RetrievalTask:
-        images: torch.Tensor
-        captions: list[str]
-        caption_to_image: torch.Tensor
-
-    @dataclass
-    class ProbeTask:
-        name: str
-        kind: str
-        train_images: torch.Tensor
-        train_captions: list[str]
-        train_labels: torch.Tensor
-        test_images: torch.Tensor
-        test_captions: list[str]
-        test_labels: torch.Tensor
-        num_classes: int
-
-    @dataclass
-    class TaskSets:
-        zeroshot: list[ZeroShotTask] = field(default_factory=list)
-        retrieval: RetrievalTask | None = None
-        probes: list[ProbeTask] = field(default_factory=list)
 
 
 def unit(*rows: list[float]) -> torch.Tensor:
@@ -387,3 +351,34 @@ def test_image_only_probe_sets_probe_images_and_skip_structure():
     assert set(metrics) == probes | {"linear_probe/top1", "kshot/k1"}
     sample = embedding_sample(encode_images, encode_texts, tasks, n=10)
     assert sample["image"].shape == (10, EMBED_DIM) and sample["text"].shape == (0, EMBED_DIM)
+
+
+def test_suite_on_the_synthetic_world_task_sets_with_random_encoders():
+    from trainers.config import DataConfig
+    from trainers.data import build_task_sets
+
+    tasks = build_task_sets(DataConfig(train_size=64, eval_size=64, image_size=16))
+    generator = torch.Generator().manual_seed(0)
+    image_projection = torch.randn(3 * 16 * 16, EMBED_DIM, generator=generator)
+    word_vectors = torch.randn(997, EMBED_DIM, generator=generator)
+
+    def encode_images(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        pooled = (images.float().flatten(1) / 255) @ image_projection
+        return {"shared": F.normalize(pooled, dim=1), "pooled": pooled}
+
+    def encode_texts(texts: list[str]) -> dict[str, torch.Tensor]:
+        # a bag of words with a stable (not per-process) hash of each word
+        pooled = torch.stack(
+            [word_vectors[[sum(map(ord, w)) % 997 for w in t.split()]].mean(0) for t in texts]
+        )
+        return {"shared": F.normalize(pooled, dim=1), "pooled": pooled}
+
+    metrics = evaluate_two_tower(encode_images, encode_texts, tasks, EvalConfig(tasks=ALL_TASKS, kshot=[1]))
+    names = ["image", "text", "image_pooled", "text_pooled"]
+    expected = {f"linear_probe/{probe.name}/{name}" for probe in tasks.probes for name in names}
+    expected |= {f"zeroshot/{task.name}/top{k}" for task in tasks.zeroshot for k in (1, 3, 5)}
+    expected |= {key for key in expected_keys([]) if not key.startswith(("zeroshot/shapes", "kshot/k5"))}
+    assert set(metrics) == expected
+    assert all(math.isfinite(value) for value in metrics.values())
+    accuracies = [value for key, value in metrics.items() if key.split("/")[0] != "structure"]
+    assert all(0.0 <= value <= 1.0 for value in accuracies)
