@@ -349,3 +349,24 @@ def test_module_draws_per_sample_bridge_times_from_the_range():
     s = sample_bridge_times(64, 0.1, 0.3)
     torch.testing.assert_close(value, brownian_bridge_loss(v, t, extra["image_aug"], s.double()))
     assert not torch.allclose(value, brownian_bridge_loss(v, t, extra["image_aug"], 0.2))
+
+
+@pytest.mark.slow
+def test_regularizers_trace_into_one_graph_under_torch_compile():
+    x = [unit(8, 4, seed, torch.float32).requires_grad_() for seed in range(6)]
+    s, temperature = torch.full((8,), 0.3), torch.tensor(0.1)
+
+    def all_three(v, t, v_aug, t_aug, u, w):
+        return (
+            geometric_consistency_loss(v, t, v_aug, t_aug)
+            + brownian_bridge_loss(v, t, v_aug, s)
+            + feature_separation_loss(v, t, u, w, v_aug, t_aug, temperature=temperature)
+        )
+
+    # fullgraph: any graph break (validation, the custom Gram backward) would raise here
+    compiled = torch.compile(all_three, backend="aot_eager", fullgraph=True)
+    eager_inputs = [a.detach().clone().requires_grad_() for a in x]
+    compiled(*x).backward()
+    all_three(*eager_inputs).backward()
+    for a, b in zip(x, eager_inputs, strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
