@@ -382,3 +382,21 @@ def test_suite_on_the_synthetic_world_task_sets_with_random_encoders():
     assert all(math.isfinite(value) for value in metrics.values())
     accuracies = [value for key, value in metrics.items() if key.split("/")[0] != "structure"]
     assert all(0.0 <= value <= 1.0 for value in accuracies)
+
+
+def test_probes_sharing_a_split_encode_it_once():
+    encode_images, encode_texts = oracle_encoders(independent=False)
+    encoded = {"images": 0, "texts": 0}
+
+    def counting_images(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        encoded["images"] += len(images)
+        return encode_images(images)
+
+    def counting_texts(texts: list[str]) -> dict[str, torch.Tensor]:
+        encoded["texts"] += len(texts)
+        return encode_texts(texts)
+
+    tasks = make_task_sets(num_per_split=48)
+    tasks.probes[1].train_captions = list(tasks.probes[1].train_captions)  # equal text, another list
+    evaluate_two_tower(counting_images, counting_texts, tasks, EvalConfig(tasks=["linear_probe"]))
+    assert len(tasks.probes) == 2 and encoded == {"images": 96, "texts": 96}

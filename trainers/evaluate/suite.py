@@ -72,8 +72,9 @@ def evaluate_two_tower(
         probe_features = {}
         structure_from_probes = "structure" in wanted and retrieval_pairs is None
         if tasks.probes and (wanted & {"linear_probe", "kshot"} or structure_from_probes):
+            split_cache: dict[tuple, SplitFeatures] = {}
             probe_features = {
-                probe.name: _encode_probe(encode_images, encode_texts, probe, batch_size)
+                probe.name: _encode_probe(encode_images, encode_texts, probe, batch_size, split_cache)
                 for probe in tasks.probes
             }
         if "linear_probe" in wanted:
@@ -217,12 +218,23 @@ def _probe_feature_names(features: dict[str, Tensor], modality: str) -> dict[str
 
 
 def _encode_probe(
-    encode_images: ImageEncoder, encode_texts: TextEncoder, probe: ProbeTask, batch_size: int
+    encode_images: ImageEncoder,
+    encode_texts: TextEncoder,
+    probe: ProbeTask,
+    batch_size: int,
+    cache: dict[tuple, SplitFeatures],
 ) -> tuple[SplitFeatures, SplitFeatures]:
+    """Features of a probe's train and test splits. Probes of different attributes usually share
+    their images and captions, so each distinct split is encoded once (`cache`, keyed by the
+    image tensor's identity and the captions)."""
+
     def encode_split(images: Tensor, captions: Sequence[str]) -> SplitFeatures:
-        image_kinds = _encode_in_batches(encode_images, images, batch_size)
-        text_kinds = _encode_in_batches(encode_texts, list(captions), batch_size)
-        return _probe_feature_names(image_kinds, "image") | _probe_feature_names(text_kinds, "text")
+        key = (id(images), tuple(captions))
+        if key not in cache:
+            image_kinds = _encode_in_batches(encode_images, images, batch_size)
+            text_kinds = _encode_in_batches(encode_texts, list(captions), batch_size)
+            cache[key] = _probe_feature_names(image_kinds, "image") | _probe_feature_names(text_kinds, "text")
+        return cache[key]
 
     return (
         encode_split(probe.train_images, probe.train_captions),
