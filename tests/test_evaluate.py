@@ -400,3 +400,8 @@ def test_probes_sharing_a_split_encode_it_once():
     tasks.probes[1].train_captions = list(tasks.probes[1].train_captions)  # equal text, another list
     evaluate_two_tower(counting_images, counting_texts, tasks, EvalConfig(tasks=["linear_probe"]))
     assert len(tasks.probes) == 2 and encoded == {"images": 96, "texts": 96}
+
+
+def test_empty_retrieval_set_is_a_clear_error():
+    with pytest.raises(ValueError, match="needs images and captions"):
+        retrieval_recall(torch.eye(3), torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))

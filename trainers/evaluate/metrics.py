@@ -123,6 +123,8 @@ def retrieval_recall(
 
 
 def _check_caption_to_image(caption_to_image: Tensor, num_images: int, num_captions: int) -> None:
+    if num_images == 0 or num_captions == 0:
+        raise ValueError(f"retrieval_recall: needs images and captions, got {num_images} and {num_captions}")
     if caption_to_image.shape != (num_captions,):
         raise ValueError(
             f"caption_to_image: expected shape ({num_captions},) (one image index per caption), "
@@ -130,7 +132,7 @@ def _check_caption_to_image(caption_to_image: Tensor, num_images: int, num_capti
         )
     if caption_to_image.dtype != torch.long:
         raise ValueError(f"caption_to_image: expected a LongTensor, got {caption_to_image.dtype}")
-    if num_captions and (caption_to_image.min() < 0 or caption_to_image.max() >= num_images):
+    if (caption_to_image.min() < 0 or caption_to_image.max() >= num_images):
         raise ValueError(f"caption_to_image: image indices must lie in [0, {num_images})")
 
 
