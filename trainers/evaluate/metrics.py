@@ -132,7 +132,7 @@ def _check_caption_to_image(caption_to_image: Tensor, num_images: int, num_capti
         )
     if caption_to_image.dtype != torch.long:
         raise ValueError(f"caption_to_image: expected a LongTensor, got {caption_to_image.dtype}")
-    if (caption_to_image.min() < 0 or caption_to_image.max() >= num_images):
+    if caption_to_image.min() < 0 or caption_to_image.max() >= num_images:
         raise ValueError(f"caption_to_image: image indices must lie in [0, {num_images})")
 
 
