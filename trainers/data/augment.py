@@ -56,15 +56,17 @@ def draw_view_params(rng: random.Random, image_height: int, image_width: int,
     return ViewParams(top, left, height, width, rng.random() < 0.5, *factors)
 
 
-def _blend(image: np.ndarray, other: np.ndarray | float, ratio: float) -> np.ndarray:
-    # float32 and truncation toward zero, as torchvision's uint8 _blend does
-    return np.clip(image.astype(np.float32) * np.float32(ratio) + other * np.float32(1.0 - ratio), 0, 255).astype(
-        np.uint8
-    )
+def _blend_(image: np.ndarray, other: np.ndarray | float, ratio: float) -> None:
+    """In place on float32 values that are whole numbers: torchvision's uint8 _blend, which computes
+    image * ratio + other * (1 - ratio) in float32, clamps, and truncates back to uint8."""
+    image *= np.float32(ratio)
+    image += np.float32(1.0 - ratio) * other
+    np.clip(image, 0, 255, out=image)
+    np.floor(image, out=image)
 
 
 def _gray(image: np.ndarray) -> np.ndarray:
-    r, g, b = image.astype(np.float32)
+    r, g, b = image
     return np.floor(r * np.float32(GRAY_WEIGHTS[0]) + g * np.float32(GRAY_WEIGHTS[1]) + b * np.float32(GRAY_WEIGHTS[2]))
 
 
@@ -74,10 +76,11 @@ def apply_view(image: np.ndarray, params: ViewParams, size: int) -> np.ndarray:
     cols = params.left + np.floor(np.arange(size) * (params.width / size)).astype(np.int64)
     if params.flip:
         cols = cols[::-1]
-    view = image.take(rows, axis=1).take(cols, axis=2)
-    view = _blend(view, 0.0, params.brightness)
-    view = _blend(view, _gray(view).mean(dtype=np.float32), params.contrast)
-    return _blend(view, _gray(view)[None], params.saturation)
+    view = image.take(rows, axis=1).take(cols, axis=2).astype(np.float32)
+    _blend_(view, 0.0, params.brightness)
+    _blend_(view, _gray(view).mean(dtype=np.float32), params.contrast)
+    _blend_(view, _gray(view)[None], params.saturation)
+    return view.astype(np.uint8)
 
 
 class ImageAugmentation:
