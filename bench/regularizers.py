@@ -61,27 +61,30 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def forward_backward_seconds(fn: Callable[[Features], torch.Tensor], features: Features) -> float:
+Clock = Callable[[], float]
+
+
+def forward_backward_seconds(fn: Callable[[Features], torch.Tensor], features: Features, clock: Clock) -> float:
     device = features["v"].device
     for x in features.values():
         x.grad = None
     _synchronize(device)
-    start = time.perf_counter()
+    start = clock()
     fn(features).backward()
     _synchronize(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def median_timings(
-    timed_cases: dict[str, Callable[[Features], torch.Tensor]], features: Features, repeats: int
+    timed_cases: dict[str, Callable[[Features], torch.Tensor]], features: Features, repeats: int, clock: Clock
 ) -> dict[str, float]:
     """Median seconds per case; the cases take turns in every round so that load shifts hit all alike."""
     for fn in timed_cases.values():  # warm-up (and compilation)
-        forward_backward_seconds(fn, features)
+        forward_backward_seconds(fn, features, clock)
     samples: dict[str, list[float]] = {name: [] for name in timed_cases}
     for _ in range(repeats):
         for name, fn in timed_cases.items():
-            samples[name].append(forward_backward_seconds(fn, features))
+            samples[name].append(forward_backward_seconds(fn, features, clock))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -99,16 +102,19 @@ def peak_extra_memory_mib(fn: Callable[[Features], torch.Tensor], features: Feat
     return (torch.cuda.max_memory_allocated(device) - baseline) / 2**20
 
 
-def run(device: torch.device, sizes: list[int], dim: int, repeats: int, compile_losses: bool) -> None:
+def run(
+    device: torch.device, sizes: list[int], dim: int, repeats: int, compile_losses: bool, clock: Clock
+) -> None:
+    clock_name = "CPU seconds" if clock is time.process_time else "wall"
     print(f"\n{device.type.upper()}  D={dim}  threads={torch.get_num_threads()}  compile={compile_losses}  "
-          f"median of {repeats}  (forward + backward, ms; ratio to ClipLoss at the same N)")
+          f"{clock_name}, median of {repeats}  (forward + backward, ms; ratio to ClipLoss at the same N)")
     header = f"{'term':<20}" + "".join(f"{'N=' + str(n):>26}" for n in sizes)
     print(header)
     results: dict[str, list[str]] = {}
     timed_cases, eager_cases = cases(compile_losses), cases(False)
     for n in sizes:
         features = make_features(n, dim, device)
-        timings = median_timings(timed_cases, features, repeats)
+        timings = median_timings(timed_cases, features, repeats, clock)
         for name, seconds in timings.items():
             ratio = seconds / timings["ClipLoss"]
             memory = peak_extra_memory_mib(eager_cases[name], features)
@@ -126,12 +132,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the CPU runs")
     parser.add_argument("--compile", action="store_true", help="torch.compile the regularizers")
     parser.add_argument("--cpu-only", action="store_true")
+    parser.add_argument("--cpu-time", action="store_true", help="time CPU runs in process CPU seconds")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    run(torch.device("cpu"), args.sizes, args.dim, args.repeats, args.compile)
+    # process CPU seconds cannot be inflated by other jobs on a shared machine (a work measure
+    # with --threads 1); wall time otherwise, and always on CUDA
+    cpu_clock = time.process_time if args.cpu_time else time.perf_counter
+    run(torch.device("cpu"), args.sizes, args.dim, args.repeats, args.compile, cpu_clock)
     if torch.cuda.is_available() and not args.cpu_only:
-        run(torch.device("cuda"), args.sizes, args.dim, args.repeats, args.compile)
+        run(torch.device("cuda"), args.sizes, args.dim, args.repeats, args.compile, time.perf_counter)
 
 
 if __name__ == "__main__":
