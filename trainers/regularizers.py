@@ -300,7 +300,13 @@ class LatentStructureLoss(nn.Module):
             features = _gather_global_batch(features)
         return self._terms(logit_scale, **features)
 
-    def _check_required(self, image_aug, text_aug, image_independent, text_independent) -> None:
+    def _check_required(
+        self,
+        image_aug: Tensor | None,
+        text_aug: Tensor | None,
+        image_independent: Tensor | None,
+        text_independent: Tensor | None,
+    ) -> None:
         config = self.config
         if config.bb > 0 and image_aug is None:
             raise ValueError("LatentStructureLoss: image_aug is required when regularizers.bb > 0")
