@@ -1,0 +1,177 @@
+"""A tiny ALBEF (2 text + 2 fusion layers, hidden 64) pre-trains on the synthetic world on CPU,
+its regularizers see the momentum features, and its fine-tuned heads beat chance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainers.albef import ALBEF_FAMILY
+from trainers.albef.heads import FinetuneSettings, finetune_and_test
+from trainers.albef.inputs import AlbefInputs
+from trainers.config import RunConfig
+from trainers.family import total_loss
+from trainers.regularizers import brownian_bridge_loss, geometric_consistency_loss
+
+PRETRAIN_STEPS = 40
+
+
+def tiny_config(**regularizers: float) -> RunConfig:
+    return RunConfig.model_validate(
+        {
+            "model": dict(
+                family="albef", text_layers=2, fusion_layers=2, hidden_size=64, num_heads=4, patch_size=8,
+                vision_layers=2, embed_dim=32, queue_size=64,
+            ),
+            "data": {"image_size": 32, "train_size": 320, "eval_size": 192},
+            "train": {"batch_size": 16, "lr": 1e-3},
+            "regularizers": regularizers,
+            "eval": {"tasks": ["zeroshot", "retrieval", "linear_probe", "structure", "vqa", "nlvr", "ve"],
+                     "finetune_epochs": 1},
+        }
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # 2 cores shared by parallel test runs: OpenMP spinning across threads slows every step ~10x
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pretrained():
+    """(config, module, per-step total losses) after a short pre-training run."""
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    module = ALBEF_FAMILY.build_module(cfg)
+    loader = torch.utils.data.DataLoader(
+        ALBEF_FAMILY.build_train_dataset(cfg), batch_size=cfg.train.batch_size, shuffle=True,
+        collate_fn=ALBEF_FAMILY.build_collate(cfg), drop_last=True,
+    )  # fmt: skip
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=cfg.train.lr)
+    history = []
+    while len(history) < PRETRAIN_STEPS:
+        for batch in loader:
+            losses, metrics = module(batch)
+            loss = total_loss(losses)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            module.after_optimizer_step()
+            history.append({key: float(value) for key, value in losses.items()} | metrics)
+            if len(history) == PRETRAIN_STEPS:
+                break
+    return cfg, module, history
+
+
+@pytest.mark.slow
+def test_pretraining_decreases_the_loss(pretrained):
+    _, _, history = pretrained
+    assert set(history[0]) >= {"itc_loss", "itm_loss", "mlm_loss", "temperature", "itm_accuracy"}
+
+    def mean(key, steps):
+        return sum(h[key] for h in steps) / len(steps)
+
+    for key in ("mlm_loss", "itm_loss"):
+        assert mean(key, history[-8:]) < mean(key, history[:8]), key
+    total = [h["itc_loss"] + h["itm_loss"] + h["mlm_loss"] for h in history]
+    assert sum(total[-8:]) < sum(total[:8])
+    assert 0.001 <= history[-1]["temperature"] <= 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["vqa", "nlvr", "ve"])
+def test_fine_tuned_head_beats_chance(pretrained, task):
+    from trainers.albef.family import fused_task_examples
+    from trainers.data import build_task_sets
+
+    cfg, module, _ = pretrained
+    num_classes, train, test = fused_task_examples(build_task_sets(cfg.data), {task})[task]
+    inputs = AlbefInputs(cfg.data)
+    settings = FinetuneSettings(epochs=6, batch_size=16, lr=1e-3)
+    accuracy = finetune_and_test(
+        module.model, num_classes, train, test, settings, (inputs.images, inputs.texts), torch.device("cpu")
+    )
+    majority = torch.bincount(test.labels, minlength=num_classes).max().item() / len(test)
+    assert accuracy > majority + 0.05, (accuracy, majority)
+
+
+@pytest.mark.slow
+def test_evaluate_reports_the_contract_metrics(pretrained):
+    cfg, module, _ = pretrained
+    before = {key: value.clone() for key, value in module.state_dict().items()}
+    metrics = ALBEF_FAMILY.evaluate(module, cfg, torch.device("cpu"))
+    for name in (
+        "vqa/accuracy",
+        "nlvr/accuracy",
+        "ve/accuracy",
+        "retrieval/i2t_r1",
+        "retrieval/t2i_r10",
+        "retrieval/mean_recall",
+        "zeroshot/top1",
+        "linear_probe/top1",
+        "structure/modality_gap",
+    ):
+        assert name in metrics, name  # fmt: skip
+    for name, value in metrics.items():
+        if name.endswith(("accuracy", "top1")) or name.startswith("retrieval/"):
+            assert 0.0 <= value <= 1.0, name
+    # fine-tuning works on a copy: the pre-trained weights are untouched
+    for key, value in module.state_dict().items():
+        torch.testing.assert_close(value, before[key])
+
+
+def test_regularizers_use_the_momentum_features_as_views():
+    torch.manual_seed(0)
+    cfg = tiny_config(gc=0.5, bb=2.0)
+    module = ALBEF_FAMILY.build_module(cfg)
+    batch = ALBEF_FAMILY.build_collate(cfg)([ALBEF_FAMILY.build_train_dataset(cfg)[i] for i in range(8)])
+    with torch.no_grad():  # make the momentum towers differ from the online ones
+        for parameter in module.towers_m.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    losses, _ = module(batch)
+    assert {"gc_loss", "bb_loss"} <= set(losses) and "dfs_loss" not in losses
+
+    towers, towers_m = module.model.towers, module.towers_m
+    with torch.no_grad():
+        v = towers.image_features(towers.encode_image(batch["image"]))["shared"]
+        t = towers.text_features(towers.encode_text(batch["input_ids"], batch["attention_mask"]))["shared"]
+        v_m = towers_m.image_features(towers_m.encode_image(batch["image"]))["shared"]
+        t_m = towers_m.text_features(towers_m.encode_text(batch["input_ids"], batch["attention_mask"]))["shared"]
+    torch.testing.assert_close(losses["gc_loss"].detach(), 0.5 * geometric_consistency_loss(v, t, v_m, t_m))
+    torch.testing.assert_close(losses["bb_loss"].detach(), 2.0 * brownian_bridge_loss(v, t, v_m, 0.25))
+
+
+def test_dfs_adds_independent_heads_and_its_term():
+    cfg = tiny_config(dfs=1.0)
+    module = ALBEF_FAMILY.build_module(cfg)
+    assert module.model.towers.has_independent_heads and module.towers_m.has_independent_heads
+    batch = ALBEF_FAMILY.build_collate(cfg)([ALBEF_FAMILY.build_train_dataset(cfg)[i] for i in range(4)])
+    losses, _ = module(batch)
+    assert "dfs_loss" in losses and torch.isfinite(losses["dfs_loss"])
+    total_loss(losses).backward()
+    assert module.model.towers.vision_independent_proj.weight.grad is not None
+
+    plain = ALBEF_FAMILY.build_module(tiny_config())
+    assert not plain.model.towers.has_independent_heads
+    losses, _ = plain(batch)
+    assert set(losses) == {"itc_loss", "itm_loss", "mlm_loss"}
+
+
+def test_queue_receives_momentum_features_and_temperature_is_clamped():
+    cfg = tiny_config()
+    module = ALBEF_FAMILY.build_module(cfg)
+    batch = ALBEF_FAMILY.build_collate(cfg)([ALBEF_FAMILY.build_train_dataset(cfg)[i] for i in range(6)])
+    module(batch)
+    towers_m = module.towers_m
+    with torch.no_grad():
+        v_m = towers_m.image_features(towers_m.encode_image(batch["image"]))["shared"]
+    torch.testing.assert_close(module.image_queue.features[:6], v_m)
+    assert int(module.image_queue.pointer) == 6 and int(module.text_queue.pointer) == 6
+    with torch.no_grad():
+        module.temperature.fill_(3.0)
+    module.after_optimizer_step()
+    assert float(module.temperature) == pytest.approx(0.5)

@@ -1,0 +1,147 @@
+"""ALBEF as a model family of the shared training loop (trainers/family.py)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from trainers.albef.heads import FinetuneSettings, FusedExamples, finetune_and_test
+from trainers.albef.inputs import AlbefInputs
+from trainers.albef.model import AlbefModel
+from trainers.albef.pretrain import AlbefPretraining
+from trainers.albef.retrieval import recall_at_k, rerank_scores
+from trainers.config import RunConfig
+from trainers.family import Family
+
+EVAL_BATCH_SIZE = 256
+FINETUNE_MAX_BATCH_SIZE = 64
+
+
+def build_module(cfg: RunConfig) -> AlbefPretraining:
+    return AlbefPretraining(cfg, AlbefInputs(cfg.data).special_tokens)
+
+
+def build_train_dataset(cfg: RunConfig) -> torch.utils.data.Dataset:
+    from trainers.data import build_pretrain_dataset
+
+    # The momentum encoders' features are the regularizers' views: no augmented copies needed.
+    return build_pretrain_dataset(cfg.data, "train", augment=False)
+
+
+def build_collate(cfg: RunConfig):
+    return AlbefInputs(cfg.data).collate
+
+
+# -------------------------------------------------------------------- evaluation
+
+
+def tower_encoders(model: AlbefModel, inputs: AlbefInputs, device: torch.device):
+    """The unimodal (images -> features, captions -> features) pair for the two-tower suite."""
+
+    def encode_images(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return model.towers.image_features(model.towers.encode_image(inputs.images(images).to(device)))
+
+    def encode_texts(captions: list[str]) -> dict[str, torch.Tensor]:
+        input_ids, attention_mask = inputs.texts(captions)
+        return model.towers.text_features(model.towers.encode_text(input_ids.to(device), attention_mask.to(device)))
+
+    return encode_images, encode_texts
+
+
+def evaluate(module: AlbefPretraining, cfg: RunConfig, device: torch.device) -> dict[str, float]:
+    """Two-tower metrics of the unimodal encoders, ALBEF retrieval, and the fine-tuned fused heads."""
+    from trainers.data import build_task_sets
+    from trainers.evaluate.suite import evaluate_two_tower
+
+    inputs = AlbefInputs(cfg.data)
+    tasks = build_task_sets(cfg.data)
+    pretrained = copy.deepcopy(module.model).eval()
+    wanted = set(cfg.eval.tasks)
+    # retrieval is ALBEF's own (ITC shortlist + ITM rerank); the suite does the rest
+    two_tower_config = cfg.eval.model_copy(update={"tasks": [t for t in cfg.eval.tasks if t != "retrieval"]})
+    with torch.no_grad():
+        metrics = evaluate_two_tower(*tower_encoders(pretrained, inputs, device), tasks, two_tower_config)
+        if "retrieval" in wanted and tasks.retrieval is not None:
+            metrics |= retrieval_metrics(pretrained, inputs, tasks.retrieval, device)
+    settings = FinetuneSettings(
+        epochs=cfg.eval.finetune_epochs,
+        batch_size=min(cfg.train.batch_size, FINETUNE_MAX_BATCH_SIZE),
+        lr=cfg.train.lr,
+        seed=cfg.train.seed,
+    )
+    preprocess = (inputs.images, inputs.texts)
+    for name, (num_classes, train, test) in fused_task_examples(tasks, wanted).items():
+        metrics[f"{name}/accuracy"] = finetune_and_test(
+            pretrained, num_classes, train, test, settings, preprocess, device
+        )
+    return metrics
+
+
+def fused_task_examples(tasks, wanted: set[str]) -> dict[str, tuple[int, FusedExamples, FusedExamples]]:
+    """{task: (number of classes, train examples, test examples)} for the requested VQA / NLVR / VE sets."""
+    from trainers.data import VE_LABELS
+
+    examples = {}
+    if "vqa" in wanted and tasks.vqa is not None:
+        vqa = tasks.vqa
+        examples["vqa"] = (
+            len(vqa.answer_vocab),
+            *(FusedExamples((s.images,), list(s.questions), s.answers) for s in (vqa.train, vqa.test)),
+        )
+    if "nlvr" in wanted and tasks.nlvr is not None:
+        examples["nlvr"] = (
+            2,
+            *(
+                FusedExamples((s.images_left, s.images_right), list(s.statements), s.labels)
+                for s in (tasks.nlvr.train, tasks.nlvr.test)
+            ),
+        )
+    if "ve" in wanted and tasks.ve is not None:
+        examples["ve"] = (
+            len(VE_LABELS),
+            *(FusedExamples((s.images,), list(s.hypotheses), s.labels) for s in (tasks.ve.train, tasks.ve.test)),
+        )
+    return examples
+
+
+def retrieval_metrics(model: AlbefModel, inputs: AlbefInputs, retrieval, device: torch.device) -> dict[str, float]:
+    image_embeds = torch.cat(
+        [
+            model.towers.encode_image(inputs.images(chunk).to(device))
+            for chunk in retrieval.images.split(EVAL_BATCH_SIZE)
+        ]
+    )
+    input_ids, attention_mask = inputs.texts(list(retrieval.captions))
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    text_embeds = torch.cat(
+        [
+            model.towers.encode_text(ids, mask)
+            for ids, mask in zip(input_ids.split(EVAL_BATCH_SIZE), attention_mask.split(EVAL_BATCH_SIZE), strict=True)
+        ]
+    )
+    similarity = (
+        model.towers.image_features(image_embeds)["shared"] @ model.towers.text_features(text_embeds)["shared"].T
+    )
+    i2t, t2i = rerank_scores(model, image_embeds, text_embeds, attention_mask, similarity.float())
+    return {f"retrieval/{name}": value for name, value in recall_at_k(i2t, t2i, retrieval.caption_to_image).items()}
+
+
+def embedding_sample(module: AlbefPretraining, cfg: RunConfig, device: torch.device) -> dict[str, Any]:
+    """Unimodal image and text embeddings of evaluation pairs, for the report's PCA view."""
+    from trainers.data import build_task_sets
+    from trainers.evaluate.suite import embedding_sample as sample
+
+    model = copy.deepcopy(module.model).eval()
+    with torch.no_grad():
+        return sample(*tower_encoders(model, AlbefInputs(cfg.data), device), build_task_sets(cfg.data))
+
+
+ALBEF_FAMILY = Family(
+    build_module=build_module,
+    build_train_dataset=build_train_dataset,
+    build_collate=build_collate,
+    evaluate=evaluate,
+    embedding_sample=embedding_sample,
+)
