@@ -85,6 +85,19 @@ def finetune_and_test(
     device: torch.device,
 ) -> float:
     """Fine-tune a copy of `pretrained` with a new head on `train`; accuracy on `test`."""
+    classifier = finetune(pretrained, num_classes, train, settings, preprocess, device)
+    return accuracy(classifier, test, preprocess, device, settings.batch_size)
+
+
+def finetune(
+    pretrained: AlbefModel,
+    num_classes: int,
+    train: FusedExamples,
+    settings: FinetuneSettings,
+    preprocess: tuple[ImagePreprocess, TextPreprocess],
+    device: torch.device,
+) -> FusedClassifier:
+    """A new head on a copy of `pretrained`, both trained on `train` with AdamW (ALBEF fine-tunes all weights)."""
     classifier = FusedClassifier(copy.deepcopy(pretrained), num_classes, len(train.images)).to(device)
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=settings.lr, weight_decay=FINETUNE_WEIGHT_DECAY)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -96,7 +109,7 @@ def finetune_and_test(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    return accuracy(classifier, test, preprocess, device, settings.batch_size)
+    return classifier
 
 
 @torch.no_grad()
