@@ -199,3 +199,16 @@ def test_queue_receives_momentum_features_and_temperature_is_clamped():
         module.temperature.fill_(3.0)
     module.after_optimizer_step()
     assert float(module.temperature) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("regularizers", [{}, {"gc": 1.0, "bb": 1.0, "dfs": 1.0}])
+def test_every_trainable_parameter_gets_a_gradient(regularizers):
+    # DDP (Ray Train's prepare_model) fails on parameters outside the graph
+    cfg = tiny_config(**regularizers)
+    module = ALBEF_FAMILY.build_module(cfg)
+    batch = ALBEF_FAMILY.build_collate(cfg)([ALBEF_FAMILY.build_train_dataset(cfg)[i] for i in range(4)])
+    losses, _ = module(batch)
+    total_loss(losses).backward()
+    missing = [name for name, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    assert all(p.grad is None for p in module.towers_m.parameters())

@@ -155,6 +155,8 @@ class AlbefModel(nn.Module):
         self.mlm_head.apply(lambda module: _init_bert_weights(module, fusion_config.initializer_range))
         # BERT ties its MLM decoder to the word embeddings, and so does ALBEF's BertForMaskedLM.
         self.mlm_head.predictions.decoder.weight = self.towers.text.embeddings.word_embeddings.weight
+        # the head's separate output bias would otherwise sit outside the graph, which DDP rejects
+        self.mlm_head.predictions.decoder.bias = self.mlm_head.predictions.bias
 
     @property
     def hidden_size(self) -> int:
