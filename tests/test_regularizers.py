@@ -210,6 +210,16 @@ def test_half_precision_inputs_give_finite_float32_results(dtype, n, d):
     torch.testing.assert_close(results[0].double(), exact[0], rtol=0.05, atol=0.05)
 
 
+def test_regularizers_run_in_float32_under_autocast():
+    x = [unit(64, 16, seed, torch.float32) for seed in range(6)]
+    eager = [geometric_consistency_loss(*x[:4]), feature_separation_loss(*x)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = [geometric_consistency_loss(*x[:4]), feature_separation_loss(*x)]
+    for a, b in zip(eager, autocast, strict=True):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(a, b)  # bf16 matmuls would be off by ~1e-2
+
+
 def test_n_equals_one_works_with_gradients():
     x = [unit(1, 4, seed, torch.float32).requires_grad_() for seed in range(6)]
     loss = (
