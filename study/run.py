@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ray.tune.search import Repeater
+from ray.tune.search.repeater import TRIAL_INDEX
 
 from study.spec import StudySpec, load_study
 from trainers.config import ConfigError
@@ -104,22 +106,19 @@ def describe(spec: StudySpec) -> str:
 # --------------------------------------------------------------------------- Tune
 
 
-class SeededRepeater:
+class SeededRepeater(Repeater):
     """Repeats each Optuna suggestion once per seed and writes the seed into the trial config,
     so every trial's params.json says which seed it ran; Optuna sees the mean over seeds."""
 
-    def __new__(cls, searcher: Any, seeds: list[int]):
-        from ray.tune.search import Repeater
-        from ray.tune.search.repeater import TRIAL_INDEX
+    def __init__(self, searcher: Any, seeds: list[int]) -> None:
+        super().__init__(searcher, repeat=len(seeds), set_index=True)
+        self.seeds = list(seeds)
 
-        class _Repeater(Repeater):
-            def suggest(self, trial_id: str):
-                config = super().suggest(trial_id)
-                if isinstance(config, dict):
-                    config["train.seed"] = seeds[config[TRIAL_INDEX]]
-                return config
-
-        return _Repeater(searcher, repeat=len(seeds), set_index=True)
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            config["train.seed"] = self.seeds[config[TRIAL_INDEX]]
+        return config
 
 
 def build_tune_config(spec: StudySpec, results: str, concurrency: int):
@@ -185,7 +184,7 @@ def build_tuner(spec: StudySpec, results: str, resume: bool):
         run_trial, study=spec.to_yaml_dict(), train_storage=f"{storage.rstrip('/')}/train"
     )
     # The trial itself only drives its TorchTrainer; the workers hold the CPUs and GPUs.
-    trainable = tune.with_resources(trainable, {"CPU": 0})
+    trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 64 * 2**20})
     experiment = f"{storage.rstrip('/')}/{EXPERIMENT}"
     if resume:
         return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
@@ -253,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainers.train import init_ray
 
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's table reporter, with our columns
     init_ray(args.address)
     try:
         tuner = build_tuner(spec, results, args.resume)

@@ -38,24 +38,30 @@ def _suggest(trial: optuna.Trial, key: str, param: ParamSpec) -> Any:
     raise ValueError(f"search.space.{key}.type: {param.type} is a grid axis, not an Optuna parameter")
 
 
-def optuna_define_by_run(space: Mapping[str, ParamSpec]) -> Callable[[optuna.Trial], dict[str, Any] | None]:
+class OptunaDefineByRun:
     """A define-by-run function for ray.tune.search.optuna.OptunaSearch(space=...).
 
     An optional parameter is conditional: Optuna first suggests `<key>:on`; when off, the weight is
     not suggested at all (so TPE models it only where it exists) and the key gets its `off_value`,
-    returned as a constant. The function only suggests: Ray forbids computation in it.
+    returned as a constant. It only suggests: Ray forbids computation in it. A class, not a
+    closure, because Tune pickles its searcher into the experiment state for `--resume`.
     """
 
-    def define_by_run(trial: optuna.Trial) -> dict[str, Any] | None:
+    def __init__(self, space: Mapping[str, ParamSpec]) -> None:
+        self.space = dict(space)
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any] | None:
         constants = {}
-        for key, param in space.items():
+        for key, param in self.space.items():
             if param.optional and not trial.suggest_categorical(switch_name(key), [False, True]):
                 constants[key] = param.off_value
             else:
                 _suggest(trial, key, param)
         return constants or None
 
-    return define_by_run
+
+def optuna_define_by_run(space: Mapping[str, ParamSpec]) -> Callable[[optuna.Trial], dict[str, Any] | None]:
+    return OptunaDefineByRun(space)
 
 
 def grid_param_space(space: Mapping[str, ChoiceParam | GridParam], seeds: list[int]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ reported exactly once. Mid-epoch reports (`train.report_every_steps`) carry metr
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import tempfile
@@ -104,9 +105,18 @@ def check_finite(losses: dict[str, torch.Tensor], loss: torch.Tensor, step: int,
     return f"non-finite loss at step {step} (epoch {epoch}): {terms or f'total = {loss.item():.4g}'}"
 
 
+def quiet_ray_train_logs() -> None:
+    """Ray Train logs every report's full metrics dict at INFO; the progress table says enough."""
+    from ray.train.v2._internal.execution import context, storage
+
+    for module in (context, storage):
+        module.logger.setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point. `loop_config["run"]` is a RunConfig as JSON; it is validated here."""
     cfg = RunConfig.model_validate(loop_config["run"])
+    quiet_ray_train_logs()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
