@@ -1,0 +1,219 @@
+"""`python -m study.run` as a user runs it: real processes, real Ray on CPU, tiny studies.
+
+Covers --dry-run, bad study files through the CLI, a 2-trial Optuna study end to end (results given as
+a file:// URI), resume after the driver is SIGKILLed mid-study, and a study joined to a 2-node local
+cluster with --address. The grid study with a diverging cell lives in test_reliability.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, SEARCH_SPACES, epoch_rows, result_rows, study_command, study_env, trial_dirs
+
+GC = SEARCH_SPACES / "gc.yaml"
+STUDY_TIMEOUT = 400
+
+
+def run_cli(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=study_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def write_yaml(path: Path, tree: dict) -> Path:
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+def tiny_grid_study(tmp_path: Path, seeds: list[int], max_concurrent: int | None = None) -> Path:
+    """One grid cell (gc = 0.5) times `seeds`: as many trials as seeds."""
+    tree = yaml.safe_load(GC.read_text())
+    tree["name"] = "grid"
+    tree["search"] = {"method": "grid", "metric": "zeroshot/top1", "mode": "max", "seeds": seeds,
+                      "space": {"regularizers.gc": {"type": "grid", "values": [0.5]}}}
+    if max_concurrent is not None:
+        tree["search"]["max_concurrent_trials"] = max_concurrent
+    return write_yaml(tmp_path / "grid.yaml", tree)
+
+
+# --------------------------------------------------------------------------- no Ray at all
+
+
+def test_dry_run_prints_the_resolved_study_and_starts_nothing(tmp_path: Path):
+    results = tmp_path / "results"
+    proc = run_cli(["study.run", str(GC), "--dry-run", "--results", str(results),
+                    "--set", "search.num_samples=3", "--set", "base.train.epochs=2"])
+    assert proc.returncode == 0, proc.stderr
+    resolved, summary = proc.stdout.rstrip().rsplit("\n", 1)
+    tree = yaml.safe_load(resolved)
+    assert tree["base"]["train"]["epochs"] == 2
+    assert tree["search"]["space"]["regularizers.gc"]["type"] == "loguniform"
+    # 3 Optuna samples x 2 seeds, one 1-CPU worker each
+    assert summary == "study gc: 6 trials (optuna, 2 seed(s)); each trial: 1 worker(s), 1 CPU"
+    assert "Ray" not in proc.stdout + proc.stderr
+    assert not results.exists()
+
+
+BAD_STUDIES = {
+    "malformed": ("name: x\nbase: {train: {epochs: 2}\nsearch: [\n", r":\d+:\d+: malformed YAML"),
+    "unknown_key": ("name: x\nbase: {train: {epochz: 2}}\nsearch: {metric: zeroshot/top1, space: {}}\n",
+                    r"base\.train\.epochz"),
+    "wrong_type": ("name: x\nbase: {train: {epochs: many}}\nsearch: {metric: zeroshot/top1, space: {}}\n",
+                   r"base\.train\.epochs"),
+    "bad_range": ("name: x\nsearch:\n  metric: zeroshot/top1\n  space:\n"
+                  "    regularizers.gc: {type: loguniform, low: 0.0, high: 1.0}\n",
+                  r"search\.space\.regularizers\.gc\.low: must be > 0 for loguniform"),
+    "unknown_metric": ("name: x\nsearch: {metric: zeroshot/top7, space: {}}\n", r"search\.metric"),
+    "missing_data": ("name: x\nbase: {data: {dataset: csv, path: /nonexistent/train.tsv}}\n"
+                     "search: {metric: zeroshot/top1, space: {}}\n", r"base\.data.*/nonexistent/train\.tsv"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_STUDIES))
+def test_bad_study_file_exits_2_with_one_line_and_writes_nothing(tmp_path: Path, case: str):
+    text, pattern = BAD_STUDIES[case]
+    space = tmp_path / "space.yaml"
+    space.write_text(text)
+    results = tmp_path / "results"
+    proc = run_cli(["study.run", str(space), "--results", str(results)])
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    import re
+
+    assert re.search(pattern, proc.stderr), proc.stderr
+    assert not results.exists()
+
+
+def test_bad_override_names_the_argument(tmp_path: Path):
+    results = tmp_path / "results"
+    proc = run_cli(["study.run", str(GC), "--results", str(results), "--set", "base.train.epochs=-1"])
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "base.train.epochs" in proc.stderr, proc.stderr
+    assert not results.exists()
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_two_trial_optuna_study_end_to_end_with_a_file_uri(tmp_path: Path, start_study):
+    results = tmp_path / "results"
+    study = start_study(study_command(GC, f"file://{results}",
+                                      overrides=["search.num_samples=1", "search.seeds=[0,1]"]))
+    assert study.wait(STUDY_TIMEOUT) == 0, study.output()[-3000:]
+    output = study.output()
+    assert "2 trials, 0 failed" in output and f"report: {results}/report/report.html" in output
+
+    assert yaml.safe_load((results / "study.yaml").read_text())["base"]["train"]["epochs"] == 2
+    trials = trial_dirs(results)
+    assert len(trials) == 2
+    finals = {}
+    for trial in trials:
+        assert epoch_rows(trial) == [0, 1], trial  # every epoch once, in order
+        params = json.loads((trial / "params.json").read_text())
+        finals[params["train.seed"]] = result_rows(trial)[-1]["zeroshot/top1"]
+    assert sorted(finals) == [0, 1]
+
+    # Optuna sees one configuration whose value is the mean over the two seeds.
+    with sqlite3.connect(results / "optuna.db") as db:
+        rows = db.execute("SELECT t.state, v.value FROM trials t JOIN trial_values v USING (trial_id)").fetchall()
+    assert len(rows) == 1 and rows[0][0] == "COMPLETE"
+    assert rows[0][1] == pytest.approx(sum(finals.values()) / 2)
+
+    assert (results / "report" / "report.html").stat().st_size > 0
+    from analysis.loading import load
+
+    frame = load(results)
+    assert len(frame) == 2 and set(frame["status"]) == {"finished"}
+    assert not list(results.rglob("*.tmp"))
+
+
+def checkpoints(train_run: Path) -> dict[str, float]:
+    return {p.name: p.stat().st_mtime for p in sorted(train_run.glob("checkpoint_epoch_*"))}
+
+
+@pytest.mark.slow
+def test_resume_after_the_driver_is_killed(tmp_path: Path, start_study):
+    """SIGKILL `python -m study.run` while its second trial is mid-way; `--resume` finishes the study
+    without rerunning the finished trial and without reporting any epoch twice."""
+    space = tiny_grid_study(tmp_path, seeds=[0, 1], max_concurrent=1)
+    results = tmp_path / "results"
+    overrides = ["base.train.epochs=3"]
+    first = start_study(study_command(space, results, overrides=overrides), "first")
+
+    def second_trial_has_reported() -> bool:
+        done = [t for t in trial_dirs(results) if epoch_rows(t) == [0, 1, 2]]
+        running = [t for t in trial_dirs(results) if epoch_rows(t) and t not in done]
+        return len(done) == 1 and len(running) == 1
+
+    first.wait_for(second_trial_has_reported, STUDY_TIMEOUT, "the second trial's first epoch")
+    first.proc.kill()
+    first.proc.wait()
+    finished = next(t for t in trial_dirs(results) if epoch_rows(t) == [0, 1, 2])
+    finished_results = (finished / "result.json").read_bytes()
+    finished_checkpoints = checkpoints(results / "train" / finished.name)
+    assert len(finished_checkpoints) == 2  # num_to_keep
+
+    # Ray's local processes share the driver's fate: none of them outlives it.
+    deadline_survivors = _wait_until_gone(first, timeout=60)
+    assert not deadline_survivors, [p.info for p in deadline_survivors]
+
+    resumed = start_study(study_command(space, results, "--resume", overrides=overrides), "resumed")
+    assert resumed.wait(STUDY_TIMEOUT) == 0, resumed.output()[-3000:]
+    assert "2 trials, 0 failed" in resumed.output()
+    trials = trial_dirs(results)
+    assert len(trials) == 2
+    for trial in trials:
+        assert epoch_rows(trial) == [0, 1, 2], trial
+    assert (finished / "result.json").read_bytes() == finished_results
+    assert checkpoints(results / "train" / finished.name) == finished_checkpoints
+
+    from analysis.loading import load
+
+    frame = load(results)
+    assert sorted(frame["trial_id"]) == sorted(t.name.removeprefix("trial_") for t in trials)
+    assert set(frame["status"]) == {"finished"}
+    html = (results / "report" / "report.html").read_text()
+    for trial in trials:
+        assert html.count(trial.name.removeprefix("trial_")) >= 1
+
+
+def _wait_until_gone(study, timeout: float) -> list:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and study.survivors():
+        time.sleep(0.5)
+    return study.survivors()
+
+
+@pytest.mark.slow
+def test_study_on_a_two_node_cluster(tmp_path: Path, start_study):
+    """Two 1-CPU nodes joined with --address: both trials run at once, one per node's CPU."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        space = tiny_grid_study(tmp_path, seeds=[0, 1])
+        results = tmp_path / "results"
+        study = start_study(study_command(space, results, "--address", cluster.address))
+        assert study.wait(STUDY_TIMEOUT) == 0, study.output()[-3000:]
+    finally:
+        cluster.shutdown()
+    assert "2 trials, 0 failed" in study.output()
+    trials = trial_dirs(results)
+    assert len(trials) == 2 and all(epoch_rows(t) == [0, 1] for t in trials)
+    # The two trials overlapped in time: concurrency came from the cluster's 2 CPUs.
+    spans = sorted((rows[0]["timestamp"] - rows[0]["time_total_s"], rows[-1]["timestamp"])
+                   for rows in map(result_rows, trials))
+    assert spans[1][0] < spans[0][1]
+    assert (results / "report" / "report.html").is_file()
