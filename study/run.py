@@ -23,6 +23,7 @@ import yaml
 from ray.tune.search import Repeater
 from ray.tune.search.repeater import TRIAL_INDEX
 
+from analysis.files import write_atomic
 from study.spec import StudySpec, load_study
 from trainers.config import ConfigError
 
@@ -67,12 +68,6 @@ def check_results_dir(results: str, resume: bool) -> None:
     free = shutil.disk_usage(path).free
     if free < MIN_FREE_BYTES:
         raise StudyError(f"{path}: only {free // 2**20} MiB free; a study needs at least {MIN_FREE_BYTES // 2**20}")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- resources
