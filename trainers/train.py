@@ -67,6 +67,16 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         print(f"Ray dashboard: http://{url}  ({AUTH_TOKEN_HINT})", flush=True)
 
 
+def input_error_of(exc: BaseException) -> ValueError | None:
+    """The bad-input error (a ValueError naming file and row, e.g. a corrupt image) behind a failed run."""
+    for failure in getattr(exc, "worker_failures", {}).values():
+        # Ray Train wraps a worker's exception together with its traceback string
+        cause = getattr(failure, "_base_exc", failure)
+        if isinstance(cause, ValueError):
+            return cause
+    return None
+
+
 def absolute_storage(path: str) -> str:
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
@@ -103,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # Ray wraps worker errors; show the cause in one line
         if args.debug:
             raise
+        if (cause := input_error_of(exc)) is not None:
+            print(f"error: {str(cause).strip().splitlines()[0]}", file=sys.stderr)
+            return 2
         print(f"error: training failed: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
         return 1
     from trainers.loop import NONFINITE_KEY
