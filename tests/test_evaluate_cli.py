@@ -37,8 +37,11 @@ def short_run(cfg, steps: int):
     optimizer = build_optimizer(module, cfg.train)
     scheduler = cosine_schedule(optimizer, cfg.train.warmup_steps, steps)
     loader = torch.utils.data.DataLoader(
-        CLIP_FAMILY.build_train_dataset(cfg), batch_size=cfg.train.batch_size,
-        collate_fn=CLIP_FAMILY.build_collate(cfg), shuffle=True, drop_last=True,
+        CLIP_FAMILY.build_train_dataset(cfg),
+        batch_size=cfg.train.batch_size,
+        collate_fn=CLIP_FAMILY.build_collate(cfg),
+        shuffle=True,
+        drop_last=True,
     )
     module.train()
     for _, batch in zip(range(steps), loader, strict=False):
@@ -61,8 +64,13 @@ def trained_run(tmp_path_factory):
     for epoch, source in ((0, untrained), (1, module)):
         directory = run_dir / f"checkpoint_epoch_{epoch:04d}"
         directory.mkdir(parents=True)
-        state = {"module": source.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "epoch": epoch, "step": 4 * epoch}
+        state = {
+            "module": source.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "step": 4 * epoch,
+        }
         save_training_state(directory, cfg, 0, state, {"torch": torch.get_rng_state()})
     expected = CLIP_FAMILY.evaluate(module, cfg, torch.device("cpu"))
     return run_dir, expected
@@ -132,7 +140,9 @@ def test_bad_input_is_one_line_and_exit_2(trained_run, tmp_path, capsys, argumen
     for name, content in (("foreign", None), ("garbage", b"not a pickle")):
         directory = paths[name] = tmp_path / name
         directory.mkdir()
-        (directory / "config.json").write_text((run_dir / "checkpoint_epoch_0001" / "config.json").read_text())
+        (directory / "config.json").write_text(
+            (run_dir / "checkpoint_epoch_0001" / "config.json").read_text()
+        )
         if content is None:
             torch.save({"format": "someone-else/3", "module": {}}, directory / "state.pt")
         else:
@@ -146,7 +156,10 @@ def test_bad_input_is_one_line_and_exit_2(trained_run, tmp_path, capsys, argumen
 def test_module_entry_point_exits_2_in_a_subprocess(tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "trainers.evaluate", str(tmp_path / "absent")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert completed.returncode == 2
     assert completed.stderr.strip() == f"error: {tmp_path / 'absent'}: no such directory"

@@ -36,7 +36,9 @@ def find_checkpoint(path: Path) -> Path:
     # zero-padded epoch numbers (checkpoint_epoch_0007) sort in training order
     candidates = sorted(p for p in path.glob("checkpoint_*") if (p / STATE_FILE).is_file())
     if not candidates:
-        raise ValueError(f"{path}: neither a checkpoint directory nor a run directory with checkpoint_* in it")
+        raise ValueError(
+            f"{path}: neither a checkpoint directory nor a run directory with checkpoint_* in it"
+        )
     return candidates[-1]
 
 
@@ -46,15 +48,20 @@ def evaluation_config(saved: RunConfig, tasks: list[str] | None, overrides: list
     if tasks is not None:
         unknown = [task for task in tasks if task not in EVAL_TASKS]
         if unknown:
-            raise ValueError(f"--tasks: unknown task {unknown[0]!r} (expected one of {', '.join(EVAL_TASKS)})")
+            raise ValueError(
+                f"--tasks: unknown task {unknown[0]!r} (expected one of {', '.join(EVAL_TASKS)})"
+            )
         if saved.model.family != "albef" and (fusion := [t for t in tasks if t in FUSION_TASKS]):
-            raise ValueError(f"--tasks: {fusion[0]} needs a fusion model (albef); this checkpoint is "
-                             f"{saved.model.family}")
+            raise ValueError(
+                f"--tasks: {fusion[0]} needs a fusion model (albef); this checkpoint is {saved.model.family}"
+            )
         tree["eval"]["tasks"] = tasks
     for item in overrides:
         key, value = parse_override(item)
         if key.split(".")[0] in FROZEN_SECTIONS:
-            raise ValueError(f"--set {key}: the {key.split('.')[0]} section is fixed by the checkpoint's weights")
+            raise ValueError(
+                f"--set {key}: the {key.split('.')[0]} section is fixed by the checkpoint's weights"
+            )
         set_dotted(tree, key, value)
     # weights come from the checkpoint: never fetch a pretrained tag again
     tree["model"]["pretrained"] = None
@@ -68,7 +75,8 @@ def load_module(state: dict[str, Any], cfg: RunConfig, device: torch.device) -> 
     try:
         module.load_state_dict(state["module"])
     except (KeyError, RuntimeError) as exc:
-        raise ValueError(f"checkpoint weights do not fit the saved configuration ({str(exc).splitlines()[0]})") from None
+        first_line = str(exc).splitlines()[0]
+        raise ValueError(f"checkpoint weights do not fit the saved configuration ({first_line})") from None
     return module.to(device).eval()
 
 
@@ -126,10 +134,22 @@ def parse_device(name: str | None) -> torch.device | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainers.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, help="checkpoint directory, or a run directory (its latest)")
-    parser.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
-                        help=f"tasks to run (default: the saved eval.tasks); any of {', '.join(EVAL_TASKS)}")
-    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="override the saved configuration, e.g. data.eval_size=512")
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=None,
+        metavar="TASK",
+        help=f"tasks to run (default: the saved eval.tasks); any of {', '.join(EVAL_TASKS)}",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the saved configuration, e.g. data.eval_size=512",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the metrics as JSON here")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     args = parser.parse_args(argv)
