@@ -16,7 +16,8 @@ from trainers.config import RunConfig
 from trainers.family import Family
 
 EVAL_BATCH_SIZE = 256
-FINETUNE_MAX_BATCH_SIZE = 64
+# Small synthetic task sets need many small steps to learn more than the answer prior.
+FINETUNE_MAX_BATCH_SIZE = 16
 
 
 def build_module(cfg: RunConfig) -> AlbefPretraining:
