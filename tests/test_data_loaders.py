@@ -181,3 +181,18 @@ def test_zeroshot_bad_entries(tmp_path):
     data = DataConfig(dataset="csv", path=str(_csv(tmp_path, [])), zeroshot=[f"mnist:{tmp_path}"])
     with pytest.raises(ValueError, match="unknown kind 'mnist'"):
         build_task_sets(data)
+
+
+def test_config_annotations_reach_the_task_sets(tmp_path, images):
+    retrieval = tmp_path / "coco_test.json"
+    retrieval.write_text(json.dumps([{"image": "red.png", "caption": ["a red thing"]},
+                                     {"image": "blue.png", "caption": ["a blue thing"]}]))
+    nlvr = tmp_path / "nlvr.json"
+    nlvr.write_text(json.dumps([{"images": ["red.png", "blue.png"], "sentence": "left is red", "label": "True"}]))
+    data = DataConfig(dataset="coco_json", path=str(retrieval), image_root=str(images), image_size=16,
+                      annotations={"retrieval": str(retrieval), "nlvr_train": str(nlvr), "nlvr_test": str(nlvr)})
+    tasks = build_task_sets(data)
+    assert tasks.retrieval.caption_to_image.tolist() == [0, 1]
+    assert tasks.nlvr.train.labels.tolist() == [1] and tasks.vqa is None
+    with pytest.raises(ValueError, match="annotations.ve_test: .*missing.json does not exist"):
+        DataConfig(annotations={"ve_test": str(tmp_path / "missing.json")})

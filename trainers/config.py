@@ -60,6 +60,11 @@ class DataConfig(_Strict):
     separator: str = "\t"
     image_root: str | None = None
     zeroshot: list[str] = Field(default_factory=list)  # e.g. ["cifar10:/data/cifar", "imagenet:/data/val"]
+    # ALBEF-style JSON annotations of downstream tasks on real data (images under image_root)
+    annotations: dict[
+        Literal["retrieval", "vqa_train", "vqa_test", "vqa_answers", "nlvr_train", "nlvr_test", "ve_train", "ve_test"],
+        str,
+    ] = Field(default_factory=dict)
     vocab_file: str | None = None
     num_loader_workers: int = Field(1, ge=0)
 
@@ -71,6 +76,9 @@ class DataConfig(_Strict):
             for path in _split_path_list(self.path):
                 if "://" not in path and not Path(path).exists() and not _is_brace_pattern(path):
                     raise ValueError(f"path: {path} does not exist")
+        for task, path in self.annotations.items():
+            if "://" not in path and not Path(path).is_file():
+                raise ValueError(f"annotations.{task}: {path} does not exist")
         return self
 
 

@@ -125,7 +125,18 @@ def load_zeroshot_entry(entry: str, data: DataConfig) -> tuple[ZeroShotTask, Pro
 
 def build_real_task_sets(data: DataConfig) -> TaskSets:
     loaded = [load_zeroshot_entry(entry, data) for entry in data.zeroshot]
-    return TaskSets(zeroshot=[task for task, _ in loaded], probes=[probe for _, probe in loaded])
+    tasks = TaskSets(zeroshot=[task for task, _ in loaded], probes=[probe for _, probe in loaded])
+    files, root, size, limit = data.annotations, data.image_root, data.image_size, data.eval_size
+    if "retrieval" in files:
+        tasks.retrieval = load_albef_retrieval_json(files["retrieval"], root, size, limit)
+    if {"vqa_train", "vqa_test"} <= files.keys():
+        tasks.vqa = load_albef_vqa_json(files["vqa_train"], files["vqa_test"], root, size,
+                                        files.get("vqa_answers"), limit)
+    if {"nlvr_train", "nlvr_test"} <= files.keys():
+        tasks.nlvr = load_albef_nlvr_json(files["nlvr_train"], files["nlvr_test"], root, size, limit)
+    if {"ve_train", "ve_test"} <= files.keys():
+        tasks.ve = load_albef_ve_json(files["ve_train"], files["ve_test"], root, size, limit)
+    return tasks
 
 
 # --------------------------------------------------------------------------- ALBEF JSON annotations
