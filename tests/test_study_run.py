@@ -145,7 +145,8 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path, start_study):
     without rerunning the finished trial and without reporting any epoch twice."""
     space = tiny_grid_study(tmp_path, seeds=[0, 1], max_concurrent=1)
     results = tmp_path / "results"
-    overrides = ["base.train.epochs=3"]
+    # epochs of a few seconds each, so the kill lands between two of the second trial's epochs
+    overrides = ["base.train.epochs=3", "base.data.train_size=1024"]
     first = start_study(study_command(space, results, overrides=overrides), "first")
 
     def second_trial_has_reported() -> bool:
@@ -162,8 +163,8 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path, start_study):
     assert len(finished_checkpoints) == 2  # num_to_keep
 
     # Ray's local processes share the driver's fate: none of them outlives it.
-    deadline_survivors = _wait_until_gone(first, timeout=60)
-    assert not deadline_survivors, [p.info for p in deadline_survivors]
+    survivors = _wait_until_gone(first, timeout=60)
+    assert not survivors, [" ".join(p.cmdline())[:120] for p in survivors]
 
     resumed = start_study(study_command(space, results, "--resume", overrides=overrides), "resumed")
     assert resumed.wait(STUDY_TIMEOUT) == 0, resumed.output()[-3000:]
