@@ -72,9 +72,7 @@ def test_albef_model_momentum_copy_tracks_the_towers():
         model.towers.vision_proj.weight.add_(1.0)
     old = towers_m.vision_proj.weight.clone()
     momentum_update(model.towers, towers_m, 0.995)
-    torch.testing.assert_close(
-        towers_m.vision_proj.weight, 0.995 * old + 0.005 * model.towers.vision_proj.weight
-    )
+    torch.testing.assert_close(towers_m.vision_proj.weight, 0.995 * old + 0.005 * model.towers.vision_proj.weight)
 
 
 def test_mlm_decoder_is_tied_to_the_word_embeddings():
