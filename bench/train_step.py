@@ -370,7 +370,7 @@ def main() -> int:
                     flush=True,
                 )
     print(
-        f"\nsamples/s ({args.clock} clock, {args.threads} threads), median of {args.rounds} alternating rounds:"
+        f"\nsamples/s ({args.clock} clock, {args.threads} threads), median of {args.rounds} rounds:"
     )
     return 0 if print_rows(rows) else 1
 
