@@ -273,10 +273,10 @@ def _grid_values(spec: dict[str, Any]) -> list[Any] | None:
 
 
 def expected_trial_count(study: Study) -> int | None:
-    """Grid: product of grid sizes x seeds; Optuna: num_samples x seeds; None if not countable."""
+    """Grid: product of grid sizes x seeds; Optuna: (num_samples + the baseline) x seeds; None if not countable."""
     num_seeds = max(len(study.search.seeds), 1)
     if study.search.method != "grid":
-        return study.search.num_samples * num_seeds
+        return (study.search.num_samples + 1) * num_seeds
     sizes = [_grid_values(spec) for key, spec in study.search.space.items() if key != SEED_KEY]
     if any(values is None for values in sizes):
         return None

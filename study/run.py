@@ -103,17 +103,32 @@ def describe(spec: StudySpec) -> str:
 
 class SeededRepeater(Repeater):
     """Repeats each Optuna suggestion once per seed and writes the seed into the trial config,
-    so every trial's params.json says which seed it ran; Optuna sees the mean over seeds."""
+    so every trial's params.json says which seed it ran; Optuna sees the mean over seeds.
 
-    def __init__(self, searcher: Any, seeds: list[int]) -> None:
+    The first configuration is the baseline (the base values of the searched keys, e.g. every
+    weight 0), run once per seed outside Optuna: a log-scale weight can never reach 0, and an
+    ablation table needs the baseline to compare against.
+    """
+
+    def __init__(self, searcher: Any, seeds: list[int], baseline: dict[str, Any]) -> None:
         super().__init__(searcher, repeat=len(seeds), set_index=True)
         self.seeds = list(seeds)
+        self.baseline = dict(baseline)
+        self.baseline_trials: list[str] = []
 
     def suggest(self, trial_id: str) -> dict | None:
+        if len(self.baseline_trials) < len(self.seeds):
+            index = len(self.baseline_trials)
+            self.baseline_trials.append(trial_id)
+            return {**self.baseline, TRIAL_INDEX: index, "train.seed": self.seeds[index]}
         config = super().suggest(trial_id)
         if isinstance(config, dict):
             config["train.seed"] = self.seeds[config[TRIAL_INDEX]]
         return config
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs: Any) -> None:
+        if trial_id not in self.baseline_trials:
+            super().on_trial_complete(trial_id, result, **kwargs)
 
 
 def build_tune_config(spec: StudySpec, results: str, concurrency: int):
@@ -154,14 +169,22 @@ def build_tune_config(spec: StudySpec, results: str, concurrency: int):
         storage=storage,
         seed=spec.base.train.seed,
     )
+    base = spec.base.model_dump()
+    baseline = {key: _dotted_value(base, key) for key in search.space}
     return tune.TuneConfig(
-        search_alg=SeededRepeater(searcher, search.seeds),
+        search_alg=SeededRepeater(searcher, search.seeds, baseline),
         scheduler=scheduler,
         num_samples=spec.num_trials(),
         max_concurrent_trials=concurrency,
         trial_dirname_creator=_trial_dirname,
         trial_name_creator=_trial_dirname,
     ), {}
+
+
+def _dotted_value(tree: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -248,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     from trainers.train import init_ray
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's table reporter, with our columns
+    # epochs without evaluation (eval.every_epoch: false) report no search metric; that is expected
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     init_ray(args.address)
     try:
         tuner = build_tuner(spec, results, args.resume)

@@ -249,7 +249,7 @@ class StudySpec(_Strict):
         if self.search.method == "grid":
             configurations = math.prod(len(grid_values(p)) for p in self.search.space.values())
         else:
-            configurations = self.search.num_samples
+            configurations = self.search.num_samples + 1  # study.run adds the base configuration as the baseline
         return configurations * len(self.search.seeds)
 
     def to_yaml_dict(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.variant_generator import generate_variants
 
 from study.search import grid_param_space, optuna_define_by_run, seed_for_trial, switch_name, trial_params
-from study.spec import StudySpec, load_study
+from study.spec import StudySpec, build_study, load_study
 from trainers.config import ConfigError, RunConfig
 
 SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -90,7 +90,7 @@ def test_paper_clip_is_the_papers_setup(paper_paths: list[str]):
 def test_default_gc_study_is_small_enough_for_a_laptop():
     spec = load_study(SEARCH_SPACES / "gc.yaml")
     assert spec.base.model.arch == "tiny-vit" and not spec.base.resources.use_gpu
-    assert spec.search.seeds == [0, 1] and spec.num_trials() == 8
+    assert spec.search.seeds == [0, 1] and spec.num_trials() == (4 + 1) * 2  # + the baseline
 
 
 def test_combos_is_every_on_off_combination_times_seeds():
@@ -112,7 +112,7 @@ def test_set_overrides_any_key(tmp_path: Path):
     assert (spec.base.train.epochs, spec.search.num_samples, spec.search.seeds, spec.name) == (1, 2, [0], "renamed")
     assert spec.search.space["regularizers.gc"].low == 0.1
     assert spec.search.space["regularizers.bb"].type == "uniform"
-    assert spec.num_trials() == 2
+    assert spec.num_trials() == (2 + 1) * 1  # the samples and the baseline, once per seed
 
 
 def test_bad_override_names_its_path(tmp_path: Path):
@@ -339,8 +339,8 @@ def test_grid_param_space_crosses_params_optional_off_values_and_seeds():
 
 
 @pytest.mark.parametrize(("edits", "expected"), [
-    ([], 3 * 2),
-    (["search.seeds=[0, 1, 2, 3]"], 3 * 4),
+    ([], (3 + 1) * 2),
+    (["search.seeds=[0, 1, 2, 3]"], (3 + 1) * 4),
     (["search.method=grid", "search.num_samples=1",
       "search.space.regularizers.gc={type: grid, values: [0, 1, 2]}",
       "search.space.regularizers.bb={type: grid, values: [0, 1], optional: true}"], 3 * 3 * 2),
@@ -373,3 +373,22 @@ def test_optuna_sqlite_study_records_dotted_and_switch_params(tmp_path: Path):
     assert trial.value == pytest.approx(0.3)
     assert {switch_name(k) for k in ("regularizers.gc", "regularizers.bb", "regularizers.dfs")} <= set(trial.params)
     assert all(trial.params[key] > 0 for key in trial.params if not key.endswith(":on"))
+
+
+def test_seeded_repeater_runs_the_baseline_first_and_hides_it_from_optuna():
+    from study.run import SeededRepeater
+
+    space = build_study({
+        "name": "s", "search": {"metric": "zeroshot/top1",
+                                "space": {"regularizers.gc": {"type": "loguniform", "low": 0.01, "high": 10}}},
+    }).search.space
+    optuna_search = OptunaSearch(space=optuna_define_by_run(space), metric="zeroshot/top1", mode="max", seed=0)
+    searcher = SeededRepeater(optuna_search, seeds=[3, 4], baseline={"regularizers.gc": 0.0})
+    configs = [searcher.suggest(f"t{i}") for i in range(4)]
+    assert [c["train.seed"] for c in configs] == [3, 4, 3, 4]
+    assert configs[0]["regularizers.gc"] == configs[1]["regularizers.gc"] == 0.0
+    assert configs[2]["regularizers.gc"] == configs[3]["regularizers.gc"] > 0
+    for trial_id, score in zip(["t0", "t1", "t2", "t3"], [0.9, 0.9, 0.2, 0.4], strict=True):
+        searcher.on_trial_complete(trial_id, {"zeroshot/top1": score})
+    finished = optuna_search._ot_study.trials
+    assert len(finished) == 1 and finished[0].value == pytest.approx(0.3)  # the searched group's mean only
