@@ -17,7 +17,8 @@ Method (all times are absolute wall-clock seconds; nothing is added to the train
                    the first evaluation as overhead.)
   first step       report 0 - w - training time 0.   start overhead = first step - trial start
                    (trial process, imports, TorchTrainer controller, worker group, model and data set
-                   construction: everything before the first batch).
+                   construction: everything before the first batch). "(to trainer" is its first
+                   part: until the trial's TorchTrainer starts (Ray Train's storage marker file).
   trial end        the newest file in the trial's Tune directory (Tune writes them when the trial
                    ends).   end overhead = trial end - last report (Train shutdown, artifact sync).
 The study's share: the driver's time before the first trial starts and after the last one ends
@@ -45,12 +46,15 @@ TARGET_SHARE = 0.15
 # lines study.run prints, used as timestamps of the driver's phases
 FIT_DONE_MARK = " trials, "  # "N trials, M failed"
 REPORT_MARK = "report: "
+# Ray Train writes this into its run directory when a TorchTrainer starts
+TRAIN_STORAGE_MARKER = ".validate_storage_marker"
 
 
 @dataclass(frozen=True)
 class TrialTiming:
     trial_id: str
     start: float
+    trainer_start: float | None  # the trial's TorchTrainer began (its Train run's storage marker)
     first_step: float
     last_report: float
     end: float
@@ -60,6 +64,10 @@ class TrialTiming:
     @property
     def start_overhead(self) -> float:
         return self.first_step - self.start
+
+    @property
+    def before_trainer(self) -> float | None:
+        return None if self.trainer_start is None else self.trainer_start - self.start
 
     @property
     def end_overhead(self) -> float:
@@ -149,9 +157,11 @@ def trial_timing(results: Path, trial_dir: Path, start: float, last_result_time:
     work = [reports[k] - reports[k - 1] - training[k] for k in range(1, len(rows))]
     epoch_work = statistics.median(work) if work else 0.0
     end = max(path.stat().st_mtime for path in trial_dir.iterdir() if path.is_file())
+    marker = results / "train" / trial_dir.name / TRAIN_STORAGE_MARKER
     return TrialTiming(
         trial_id=trial_dir.name.removeprefix("trial_"),
         start=start,
+        trainer_start=marker.stat().st_mtime if marker.is_file() else None,
         first_step=reports[0] - epoch_work - training[0],
         last_report=reports[-1],
         end=max(end, reports[-1]),
@@ -186,21 +196,18 @@ def union_length(intervals: list[tuple[float, float]]) -> float:
 
 
 def summarize(trials: list[TrialTiming], marks: dict[str, float] | None) -> float | None:
-    print(
-        f"{'trial':<10} {'duration':>9} {'start ovh':>10} {'end ovh':>8} {'training':>9} {'epoch work':>11}"
-    )
+    columns = ["trial", "duration", "start ovh", "(to trainer)", "end ovh", "training", "epoch work"]
+    print(" ".join(f"{c:>12}" for c in columns))
     for t in trials:
-        print(
-            f"{t.trial_id:<10} {t.duration:>8.1f}s {t.start_overhead:>9.1f}s {t.end_overhead:>7.1f}s "
-            f"{t.training_s:>8.1f}s {t.epoch_work_s:>10.1f}s"
-        )
+        to_trainer = f"{t.before_trainer:.1f}s" if t.before_trainer is not None else "?"
+        to_trainer = f"{to_trainer:>12}"
+        cells = [t.duration, t.start_overhead, to_trainer, t.end_overhead, t.training_s, t.epoch_work_s]
+        print(f"{t.trial_id:>12} " + " ".join(c if isinstance(c, str) else f"{c:>11.1f}s" for c in cells))
     start_total = sum(t.start_overhead for t in trials)
     end_total = sum(t.end_overhead for t in trials)
     durations = sum(t.duration for t in trials)
-    print(
-        f"{'total':<10} {durations:>8.1f}s {start_total:>9.1f}s {end_total:>7.1f}s "
-        f"{sum(t.training_s for t in trials):>8.1f}s"
-    )
+    totals = [durations, start_total, None, end_total, sum(t.training_s for t in trials)]
+    print(f"{'total':>12} " + " ".join(" " * 12 if c is None else f"{c:>11.1f}s" for c in totals))
     in_trial_share = (start_total + end_total) / durations
     print(
         f"overhead inside trials: {start_total + end_total:.1f} s of {durations:.1f} trial-seconds "
