@@ -131,7 +131,11 @@ class EvalConfig(_Strict):
     )
     every_epoch: bool = True  # evaluate after every epoch (else only after the last)
     kshot: list[int] = Field(default_factory=lambda: [1, 5, 10])
-    finetune_epochs: int = Field(3, ge=1)  # ALBEF downstream heads
+    # ALBEF downstream heads (VQA, NLVR, VE) are fine-tuned on a copy of the pre-trained model;
+    # small synthetic task sets need many small steps to learn more than the answer prior
+    finetune_epochs: int = Field(3, ge=1)
+    finetune_batch_size: int = Field(16, ge=1)
+    finetune_lr: float | None = Field(None, gt=0.0)  # default: train.lr
 
 
 class ResourcesConfig(_Strict):

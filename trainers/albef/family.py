@@ -16,8 +16,6 @@ from trainers.config import RunConfig
 from trainers.family import Family
 
 EVAL_BATCH_SIZE = 256
-# Small synthetic task sets need many small steps to learn more than the answer prior.
-FINETUNE_MAX_BATCH_SIZE = 16
 
 
 def build_module(cfg: RunConfig) -> AlbefPretraining:
@@ -68,8 +66,8 @@ def evaluate(module: AlbefPretraining, cfg: RunConfig, device: torch.device) -> 
             metrics |= retrieval_metrics(pretrained, inputs, tasks.retrieval, device)
     settings = FinetuneSettings(
         epochs=cfg.eval.finetune_epochs,
-        batch_size=min(cfg.train.batch_size, FINETUNE_MAX_BATCH_SIZE),
-        lr=cfg.train.lr,
+        batch_size=cfg.eval.finetune_batch_size,
+        lr=cfg.eval.finetune_lr or cfg.train.lr,
         seed=cfg.train.seed,
     )
     preprocess = (inputs.images, inputs.texts)
