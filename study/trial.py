@@ -17,8 +17,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from study.search import seed_for_trial, trial_params
 from study.spec import StudySpec
-from trainers.loop import NONFINITE_KEY, NonFiniteLossError
-from trainers.train import build_torch_trainer
+from trainers.loop import NonFiniteLossError
+from trainers.train import build_torch_trainer, nonfinite_failure
 
 EMBEDDINGS_FILE = "embeddings.npz"
 
@@ -33,11 +33,10 @@ def run_trial(config: dict[str, Any], study: dict[str, Any], train_storage: str)
     params = trial_params(config) | {"train.seed": seed_for_trial(config, spec.search.seeds)}
     cfg = spec.trial_run_config(params)
     context = tune.get_context()
-    trainer = build_torch_trainer(
-        cfg, train_storage, train_run_name(context.get_trial_id()), callbacks=[TuneReportCallback()]
-    )
+    run_name = train_run_name(context.get_trial_id())
+    trainer = build_torch_trainer(cfg, train_storage, run_name, callbacks=[TuneReportCallback()])
     result = trainer.fit()
-    failure = result.metrics.get(NONFINITE_KEY) if result.metrics else None
+    failure = nonfinite_failure(train_storage, run_name)
     if failure:
         raise NonFiniteLossError(failure)
     if result.checkpoint is not None:

@@ -17,6 +17,48 @@ from typing import Any
 from trainers.config import ConfigError, RunConfig, load_run_config
 
 AUTH_TOKEN_HINT = "token: `cat ~/.ray/auth_token` (Ray's token authentication is on)"
+NONFINITE_FILE = "nonfinite_loss.txt"
+
+
+def _run_file(storage_path: str, run_name: str):
+    """(pyarrow filesystem, path) of a file beside the run's checkpoints; local paths and URIs alike."""
+    import pyarrow.fs
+
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(storage_path if "://" in storage_path
+                                                     else f"file://{storage_path}")
+    return filesystem, f"{root.rstrip('/')}/{run_name}/{NONFINITE_FILE}"
+
+
+def _nonfinite_marker(storage_path: str, run_name: str):
+    """A callback on Ray Train's controller that records a non-finite-loss report as a file.
+
+    Ray Train V2's `Result.metrics` holds only the latest *checkpoint's* metrics, so the loop's
+    metrics-only failure report never reaches the caller of `fit()`; the file does."""
+    from ray.train import UserCallback
+
+    from trainers.loop import NONFINITE_KEY
+
+    class NonFiniteMarker(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            failure = next((m[NONFINITE_KEY] for m in metrics if m.get(NONFINITE_KEY)), None)
+            if failure:
+                filesystem, path = _run_file(storage_path, run_name)
+                filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+                with filesystem.open_output_stream(path) as stream:
+                    stream.write(str(failure).encode())
+
+    return NonFiniteMarker()
+
+
+def nonfinite_failure(storage_path: str, run_name: str) -> str | None:
+    """The non-finite-loss message of a run that stopped on one, else None."""
+    import pyarrow.fs
+
+    filesystem, path = _run_file(storage_path, run_name)
+    if filesystem.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read().decode()
 
 
 def build_torch_trainer(
@@ -46,7 +88,7 @@ def build_torch_trainer(
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=list(callbacks),
+            callbacks=[*callbacks, _nonfinite_marker(storage_path, run_name)],
         ),
     )
 
@@ -77,6 +119,15 @@ def input_error_of(exc: BaseException) -> ValueError | None:
     return None
 
 
+def check_data(cfg: RunConfig) -> None:
+    """Read a real data set's index (CSV columns, annotation files) here, before Ray starts, so that
+    bad input fails fast in one line rather than inside a worker."""
+    if cfg.data.dataset != "synthetic":
+        from trainers.family import get_family
+
+        get_family(cfg.model.family).build_train_dataset(cfg)
+
+
 def absolute_storage(path: str) -> str:
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
@@ -93,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_run_config(args.config, args.overrides)
-    except ConfigError as exc:
+        check_data(cfg)
+    except (ConfigError, ValueError) as exc:  # a bad config, or a data set whose index does not read
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -118,12 +170,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"error: training failed: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
         return 1
-    from trainers.loop import NONFINITE_KEY
-
-    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float | str)}
-    if NONFINITE_KEY in metrics:
-        print(f"error: {metrics[NONFINITE_KEY]}", file=sys.stderr)
+    failure = nonfinite_failure(storage, cfg.name)
+    if failure:
+        print(f"error: {failure}", file=sys.stderr)
         return 1
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float | str)}
     out = Path(storage) / cfg.name / "metrics.json" if "://" not in storage else Path("metrics.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
