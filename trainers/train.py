@@ -33,10 +33,16 @@ def _nonfinite_marker(storage_path: str, run_name: str):
     """A callback on Ray Train's controller that records a non-finite-loss report as a file.
 
     Ray Train V2's `Result.metrics` holds only the latest *checkpoint's* metrics, so the loop's
-    metrics-only failure report never reaches the caller of `fit()`; the file does."""
+    metrics-only failure report never reaches the caller of `fit()`; the file does. A marker left by an
+    earlier attempt of this run (say, with another learning rate) is removed first."""
+    import pyarrow.fs
     from ray.train import UserCallback
 
     from trainers.loop import NONFINITE_KEY
+
+    filesystem, stale = _run_file(storage_path, run_name)
+    if filesystem.get_file_info(stale).type == pyarrow.fs.FileType.File:
+        filesystem.delete_file(stale)
 
     class NonFiniteMarker(UserCallback):
         def after_report(self, run_context, metrics, checkpoint):
