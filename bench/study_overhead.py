@@ -19,8 +19,12 @@ Method (all times are absolute wall-clock seconds; nothing is added to the train
                    (trial process, imports, TorchTrainer controller, worker group, model and data set
                    construction: everything before the first batch). "(to trainer" is its first
                    part: until the trial's TorchTrainer starts (Ray Train's storage marker file).
-  trial end        the newest file in the trial's Tune directory (Tune writes them when the trial
-                   ends).   end overhead = trial end - last report (Train shutdown, artifact sync).
+  trial end        the newest file of the trial in Tune's local staging directory (the "Result
+                   logdir" study.run's output names, under /tmp/ray/session_*): Tune closes the
+                   trial's event file when the trial completes. (The copies under --results are
+                   all re-synced when the study ends, so their times say nothing.) Without the
+                   staging directory the end is unknown and counted as the last report.
+                   end overhead = trial end - last report (Train shutdown, artifact copy).
 The study's share: the driver's time before the first trial starts and after the last one ends
 (Ray start-up and shut-down; the ablation report is timed separately and not counted), plus
 any gaps between trials, plus the time trials run times their overhead fraction
@@ -46,6 +50,7 @@ TARGET_SHARE = 0.15
 # lines study.run prints, used as timestamps of the driver's phases
 FIT_DONE_MARK = " trials, "  # "N trials, M failed"
 REPORT_MARK = "report: "
+STAGING_MARK = "Result logdir: "
 # Ray Train writes this into its run directory when a TorchTrainer starts
 TRAIN_STORAGE_MARKER = ".validate_storage_marker"
 
@@ -140,7 +145,9 @@ def samples_per_optimizer_step(results: Path, params: dict) -> int:
     return value["train.batch_size"] * value["train.grad_accum_steps"] * value["resources.num_workers"]
 
 
-def trial_timing(results: Path, trial_dir: Path, start: float, last_result_time: float) -> TrialTiming:
+def trial_timing(
+    results: Path, trial_dir: Path, start: float, last_result_time: float, staging: Path | None
+) -> TrialTiming:
     rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
     rows = [row for row in rows if "train/samples_per_s" in row]  # epoch reports, not mid-epoch ones
     if not rows:
@@ -156,7 +163,10 @@ def trial_timing(results: Path, trial_dir: Path, start: float, last_result_time:
     ]
     work = [reports[k] - reports[k - 1] - training[k] for k in range(1, len(rows))]
     epoch_work = statistics.median(work) if work else 0.0
-    end = max(path.stat().st_mtime for path in trial_dir.iterdir() if path.is_file())
+    staged = staging / trial_dir.name if staging is not None else None
+    end = reports[-1]
+    if staged is not None and staged.is_dir():
+        end = max(path.stat().st_mtime for path in staged.iterdir() if path.is_file())
     marker = results / "train" / trial_dir.name / TRAIN_STORAGE_MARKER
     return TrialTiming(
         trial_id=trial_dir.name.removeprefix("trial_"),
@@ -170,14 +180,25 @@ def trial_timing(results: Path, trial_dir: Path, start: float, last_result_time:
     )
 
 
+def staging_directory(log: Path) -> Path | None:
+    """Tune's local copy of the experiment, as study.run's output names it ("Result logdir: ...")."""
+    if not log.is_file():
+        return None
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith(STAGING_MARK):
+            return Path(line.removeprefix(STAGING_MARK).strip())
+    return None
+
+
 def read_trials(results: Path) -> list[TrialTiming]:
     experiment = results / "trials"
+    staging = staging_directory(results.parent / f"{results.name}.log")
     times = trial_start_times(experiment)
     timings = []
     for trial_id, (start, last_result_time) in times.items():
         trial_dir = experiment / f"trial_{trial_id}"
         if (trial_dir / "result.json").is_file():
-            timings.append(trial_timing(results, trial_dir, start, last_result_time))
+            timings.append(trial_timing(results, trial_dir, start, last_result_time, staging))
     if not timings:
         raise ValueError(f"{experiment}: no trial has reported")
     return sorted(timings, key=lambda t: t.start)
@@ -236,6 +257,11 @@ def summarize(trials: list[TrialTiming], marks: dict[str, float] | None) -> floa
     return share
 
 
+def marks_file(results: Path) -> Path:
+    """The driver's phase timestamps, kept beside the results so a later read can show the shares."""
+    return results.parent / f"{results.name}.marks.json"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("space", nargs="?", default="search_spaces/gc.yaml", help="study YAML")
@@ -263,6 +289,9 @@ def main() -> int:
         results = args.workdir.resolve() / time.strftime("%Y%m%d-%H%M%S")
         results.parent.mkdir(parents=True, exist_ok=True)
         marks = run_study(args.space, args.overrides, results)
+        marks_file(results).write_text(json.dumps(marks))
+    elif marks_file(results).is_file():
+        marks = json.loads(marks_file(results).read_text())
     try:
         share = summarize(read_trials(results.resolve()), marks)
     except (ValueError, KeyError, OSError) as exc:
