@@ -11,7 +11,7 @@ from torchvision.transforms.v2 import functional as F
 from trainers.config import DataConfig
 from trainers.data import VE_LABELS, build_task_sets, build_wordpiece_tokenizer, clip_tokenizer
 from trainers.data.augment import apply_view, draw_view_params, eda_augment
-from trainers.data.world import SHAPES, SYNONYMS
+from trainers.data.world import COLOURS, SHAPES, SYNONYMS
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,9 @@ def tasks(tmp_path_factory):
 
 def test_zeroshot_and_retrieval(tasks):
     _, sets = tasks
-    (zeroshot,) = sets.zeroshot
+    zeroshot, colours = sets.zeroshot
     assert zeroshot.classnames == list(SHAPES) and all("{}" in t for t in zeroshot.templates)
+    assert colours.classnames == list(COLOURS) and torch.equal(colours.images, zeroshot.images)
     assert zeroshot.images.shape == (64, 3, 64, 64) and zeroshot.images.dtype == torch.uint8
     assert len(set(zeroshot.labels.tolist())) > 4
     retrieval = sets.retrieval

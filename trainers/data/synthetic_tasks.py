@@ -39,6 +39,9 @@ from trainers.data.world import (
 )
 
 ZEROSHOT_TEMPLATES = ("a photo of a {}.", "a drawing of a {}.", "there is a {} in the picture.", "a {} shape.")
+# The main object's colour, the second zero-shot set: colour binds to words long before shape does
+# in a short CPU run, so the pair spans an easy and a hard classification.
+COLOUR_TEMPLATES = ("a photo of a {} object.", "a {} thing.", "there is something {} in the picture.", "it is {}.")
 NUM_RETRIEVAL_PARAPHRASES = 2
 # (probe name, attribute, kind, number of classes); "image_only"/"text_only" are the info-gap targets
 PROBES = (
@@ -69,7 +72,9 @@ VE_HYPOTHESES = (
     "the {shape} belongs to {owner}.",
     "the {colour} {shape} is made of {material}.",
 )
-TASK_PHRASES = (*ZEROSHOT_TEMPLATES, *VQA_QUESTIONS, *NLVR_STATEMENTS, *VE_HYPOTHESES, "left", "right")
+TASK_PHRASES = (
+    *ZEROSHOT_TEMPLATES, *COLOUR_TEMPLATES, *VQA_QUESTIONS, *NLVR_STATEMENTS, *VE_HYPOTHESES, "left", "right",
+)
 
 
 def _task_rng(data: DataConfig, split: str, task: int) -> np.random.Generator:
@@ -84,7 +89,9 @@ def _images(split: WorldSplit, index: np.ndarray | None = None) -> torch.Tensor:
 def build_synthetic_task_sets(data: DataConfig) -> TaskSets:
     val, test = world_split(data, "val", data.eval_size), world_split(data, "test", data.eval_size)
     return TaskSets(
-        zeroshot=[zeroshot_task(test)], retrieval=retrieval_task(test), probes=probe_tasks(val, test),
+        zeroshot=[zeroshot_task(test), colour_zeroshot_task(test)],
+        retrieval=retrieval_task(test),
+        probes=probe_tasks(val, test),
         vqa=VQATask(vqa_split(data, "val", val), vqa_split(data, "test", test), list(ANSWER_VOCAB)),
         nlvr=NLVRTask(nlvr_split(data, "val", val), nlvr_split(data, "test", test)),
         ve=VETask(ve_split(data, "val", val), ve_split(data, "test", test)),
@@ -94,6 +101,11 @@ def build_synthetic_task_sets(data: DataConfig) -> TaskSets:
 def zeroshot_task(test: WorldSplit) -> ZeroShotTask:
     return ZeroShotTask(name="synthetic_shapes", classnames=list(SHAPES), templates=list(ZEROSHOT_TEMPLATES),
                         images=_images(test), labels=torch.from_numpy(test.scenes.label.copy()))
+
+
+def colour_zeroshot_task(test: WorldSplit) -> ZeroShotTask:
+    return ZeroShotTask(name="synthetic_colours", classnames=list(COLOURS), templates=list(COLOUR_TEMPLATES),
+                        images=_images(test), labels=torch.from_numpy(test.scenes.colour[:, -1].copy()))
 
 
 def retrieval_task(test: WorldSplit) -> RetrievalTask:
