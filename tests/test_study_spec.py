@@ -89,8 +89,8 @@ def test_paper_clip_is_the_papers_setup(paper_paths: list[str]):
 
 def test_default_gc_study_is_small_enough_for_a_laptop():
     spec = load_study(SEARCH_SPACES / "gc.yaml")
-    assert spec.base.model.arch == "tiny-vit" and not spec.base.resources.use_gpu
-    assert spec.search.seeds == [0, 1] and spec.num_trials() == (4 + 1) * 2  # + the baseline
+    assert spec.base.model.arch == "tiny-rn" and not spec.base.resources.use_gpu
+    assert spec.search.seeds == [0, 1] and spec.num_trials() == (3 + 1) * 2  # + the baseline
 
 
 def test_combos_is_every_on_off_combination_times_seeds():
