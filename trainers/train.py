@@ -109,6 +109,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         context = ray.init(address=address, log_to_driver=True)
     else:
+        # A laptop is not pre-empted: no watcher process per Train run (workers inherit the env).
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
     url = context.dashboard_url
     if url:
