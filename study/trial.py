@@ -4,10 +4,16 @@ with a `TuneReportCallback`, which forwards every epoch's report to Tune).
 The Train run is named after the Tune trial id, which survives `Tuner.restore`: a restarted
 trial finds its own Train run in storage and resumes it from the last checkpoint, so no epoch
 is trained or reported twice.
+
+Tune itself restarts such a trial from scratch (it holds no Tune checkpoint) and so starts its
+result.json afresh; every report is therefore also kept beside the Train run (`reports/`), and a
+restarted trial replays those to Tune before its Train run resumes: each epoch is in result.json
+exactly once.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,6 +27,52 @@ from trainers.loop import NonFiniteLossError
 from trainers.train import build_torch_trainer, nonfinite_failure
 
 EMBEDDINGS_FILE = "embeddings.npz"
+REPORTS_DIR = "reports"
+
+
+def _reports_dir(train_storage: str, run_name: str):
+    import pyarrow.fs
+
+    uri = train_storage if "://" in train_storage else f"file://{train_storage}"
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(uri)
+    return filesystem, f"{root.rstrip('/')}/{run_name}/{REPORTS_DIR}"
+
+
+def read_reports(train_storage: str, run_name: str) -> list[dict[str, Any]]:
+    """Every report this trial's Train run has made so far, in order (one JSON file each)."""
+    import pyarrow.fs
+
+    filesystem, directory = _reports_dir(train_storage, run_name)
+    if filesystem.get_file_info(directory).type != pyarrow.fs.FileType.Directory:
+        return []
+    files = sorted(info.path for info in filesystem.get_file_info(pyarrow.fs.FileSelector(directory))
+                   if info.path.endswith(".json"))
+    reports = []
+    for path in files:
+        with filesystem.open_input_stream(path) as stream:
+            reports.append(json.loads(stream.read()))
+    return reports
+
+
+def report_log(train_storage: str, run_name: str, num_existing: int):
+    """A callback on Ray Train's controller that keeps every report (rank 0's metrics) in storage."""
+    from ray.train import UserCallback
+
+    class ReportLog(UserCallback):
+        def __init__(self):
+            self.next_index = num_existing
+
+        def after_report(self, run_context, metrics, checkpoint):
+            filesystem, directory = _reports_dir(train_storage, run_name)
+            filesystem.create_dir(directory, recursive=True)
+            # written whole, then renamed: a kill never leaves a half report to replay
+            path = f"{directory}/{self.next_index:06d}.json"
+            with filesystem.open_output_stream(f"{path}.tmp") as stream:
+                stream.write(json.dumps(metrics[0]).encode())
+            filesystem.move(f"{path}.tmp", path)
+            self.next_index += 1
+
+    return ReportLog()
 
 
 def train_run_name(trial_id: str) -> str:
@@ -34,7 +86,11 @@ def run_trial(config: dict[str, Any], study: dict[str, Any], train_storage: str)
     cfg = spec.trial_run_config(params)
     context = tune.get_context()
     run_name = train_run_name(context.get_trial_id())
-    trainer = build_torch_trainer(cfg, train_storage, run_name, callbacks=[TuneReportCallback()])
+    previous = read_reports(train_storage, run_name)
+    for metrics in previous:  # a restarted trial: Tune's result.json starts afresh, the Train run does not
+        tune.report(metrics)
+    callbacks = [report_log(train_storage, run_name, len(previous)), TuneReportCallback()]
+    trainer = build_torch_trainer(cfg, train_storage, run_name, callbacks=callbacks)
     result = trainer.fit()
     failure = nonfinite_failure(train_storage, run_name)
     if failure:
