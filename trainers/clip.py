@@ -124,7 +124,7 @@ class ClipTrainingModule(TrainingModule):
             views |= {"image_independent": image["independent"], "text_independent": text["independent"]}
         logit_scale = self.model.logit_scale.exp()
         losses = self.criterion(image["shared"], text["shared"], logit_scale, **views)
-        return losses, {"logit_scale": logit_scale.item()}
+        return losses, {"logit_scale": logit_scale.detach()}  # a tensor: no host sync per step
 
     def after_optimizer_step(self) -> None:
         with torch.no_grad():

@@ -24,10 +24,11 @@ class TrainingModule(nn.Module):
 
     losses: named scalar tensors; every key ending in `_loss` is a weighted term and the
         training objective is their sum (open_clip's convention), so each term is logged.
-    metrics: plain floats for logging (logit scale, accuracies, ...).
+    metrics: floats or scalar tensors for logging (logit scale, accuracies, ...); tensors are
+        averaged on the device, so returning them costs no host sync per step.
     """
 
-    def forward(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def forward(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, float | torch.Tensor]]:
         raise NotImplementedError
 
     def after_optimizer_step(self) -> None:

@@ -186,10 +186,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             for key, value in losses.items():
                 sums[f"train/{key}"] += value.detach()
             for key, value in metrics.items():
-                sums[f"train/{key}"] += float(value)
-            if progress is not None:
+                sums[f"train/{key}"] += value.detach() if isinstance(value, torch.Tensor) else float(value)
+            if progress is not None and micro_step % 10 == 0:  # loss.item() syncs: not every step
                 rate = num_samples / (time.perf_counter() - started)
-                progress.update(1)
+                progress.update(10)
                 progress.set_description(f"epoch {epoch} loss {loss.item():.3f} {rate:.0f} samples/s")
             if cfg.train.report_every_steps and last_micro and step % cfg.train.report_every_steps == 0:
                 ray.train.report({"epoch": epoch, "step": step, "train/loss": loss.item()})
