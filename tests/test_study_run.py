@@ -186,8 +186,8 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path, start_study):
     assert sorted(frame["trial_id"]) == sorted(t.name.removeprefix("trial_") for t in trials)
     assert set(frame["status"]) == {"finished"}
     html = (results / "report" / "report.html").read_text()
-    for trial in trials:
-        assert html.count(trial.name.removeprefix("trial_")) >= 1
+    assert "Every expected trial finished." in html
+    assert html.count("<td>finished</td>") == 2  # the "All trials" table: one row per trial
 
 
 def _cmdline_has_agent(process) -> bool:
