@@ -54,8 +54,8 @@ def test_dry_run_prints_the_resolved_study_and_starts_nothing(tmp_path: Path):
     tree = yaml.safe_load(resolved)
     assert tree["base"]["train"]["epochs"] == 2
     assert tree["search"]["space"]["regularizers.gc"]["type"] == "loguniform"
-    # 3 Optuna samples x 2 seeds, one 1-CPU worker each
-    assert summary == "study gc: 6 trials (optuna, 2 seed(s)); each trial: 1 worker(s), 1 CPU"
+    # (3 Optuna samples + the baseline) x 2 seeds, one 1-CPU worker each
+    assert summary == "study gc: 8 trials (optuna, 2 seed(s)); each trial: 1 worker(s), 1 CPU"
     assert "Ray" not in proc.stdout + proc.stderr
     assert not results.exists()
 
@@ -103,22 +103,24 @@ def test_bad_override_names_the_argument(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_two_trial_optuna_study_end_to_end_with_a_file_uri(tmp_path: Path, start_study):
+def test_optuna_study_end_to_end_with_a_file_uri(tmp_path: Path, start_study):
     results = tmp_path / "results"
     study = start_study(study_command(GC, f"file://{results}",
                                       overrides=["search.num_samples=1", "search.seeds=[0,1]"]))
     assert study.wait(STUDY_TIMEOUT) == 0, study.output()[-3000:]
     output = study.output()
-    assert "2 trials, 0 failed" in output and f"report: {results}/report/report.html" in output
+    # the baseline (gc at its base value, 0) once per seed, then the Optuna sample once per seed
+    assert "4 trials, 0 failed" in output and f"report: {results}/report/report.html" in output
 
     assert yaml.safe_load((results / "study.yaml").read_text())["base"]["train"]["epochs"] == 2
     trials = trial_dirs(results)
-    assert len(trials) == 2
+    assert len(trials) == 4
     finals = {}
     for trial in trials:
         assert epoch_rows(trial) == [0, 1], trial  # every epoch once, in order
         params = json.loads((trial / "params.json").read_text())
-        finals[params["train.seed"]] = result_rows(trial)[-1]["zeroshot/top1"]
+        if params["regularizers.gc"] > 0:  # the Optuna sample (loguniform from 0.01), not the baseline
+            finals[params["train.seed"]] = result_rows(trial)[-1]["zeroshot/top1"]
     assert sorted(finals) == [0, 1]
 
     # Optuna sees one configuration whose value is the mean over the two seeds.
@@ -131,7 +133,7 @@ def test_two_trial_optuna_study_end_to_end_with_a_file_uri(tmp_path: Path, start
     from analysis.loading import load
 
     frame = load(results)
-    assert len(frame) == 2 and set(frame["status"]) == {"finished"}
+    assert len(frame) == 4 and set(frame["status"]) == {"finished"}
     assert not list(results.rglob("*.tmp"))
 
 
