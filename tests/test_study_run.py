@@ -1,6 +1,6 @@
 """`python -m study.run` as a user runs it: real processes, real Ray on CPU, tiny studies.
 
-Covers --dry-run, bad study files through the CLI, a 2-trial Optuna study end to end (results given as
+Covers --dry-run, bad study files through the CLI, an Optuna study end to end (results given as
 a file:// URI), resume after the driver is SIGKILLed mid-study, and a study joined to a 2-node local
 cluster with --address. The grid study with a diverging cell lives in test_reliability.py.
 """
