@@ -7,9 +7,8 @@ objects, never raw dicts. Unknown keys are errors, and every error names its dot
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -122,13 +121,12 @@ class RegularizerConfig(_Strict):
         return self
 
 
-EVAL_TASKS = ("zeroshot", "retrieval", "linear_probe", "kshot", "structure", "vqa", "nlvr", "ve")
+EvalTask = Literal["zeroshot", "retrieval", "linear_probe", "kshot", "structure", "vqa", "nlvr", "ve"]
+EVAL_TASKS: tuple[str, ...] = get_args(EvalTask)
 
 
 class EvalConfig(_Strict):
-    tasks: list[Literal["zeroshot", "retrieval", "linear_probe", "kshot", "structure", "vqa", "nlvr", "ve"]] = (
-        Field(default_factory=lambda: ["zeroshot", "retrieval", "linear_probe", "structure"])
-    )
+    tasks: list[EvalTask] = Field(default_factory=lambda: ["zeroshot", "retrieval", "linear_probe", "structure"])
     every_epoch: bool = True  # evaluate after every epoch (else only after the last)
     kshot: list[int] = Field(default_factory=lambda: [1, 5, 10])
     # ALBEF downstream heads (VQA, NLVR, VE) are fine-tuned on a copy of the pre-trained model;
@@ -254,6 +252,3 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
             flat[dotted] = value
     return flat
 
-
-def finite(x: float) -> bool:
-    return isinstance(x, int | float) and math.isfinite(x)
