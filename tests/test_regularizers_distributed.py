@@ -68,7 +68,7 @@ def loss_and_gradients(batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
 
 
 def _worker(rank: int, rendezvous: str, out_dir: str) -> None:
-    torch.set_num_threads(1)  # no OpenMP pool in a forked child
+    torch.set_num_threads(1)  # two ranks share two cores
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD_SIZE)
     try:
         shard = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
@@ -88,9 +88,10 @@ def _worker(rank: int, rendezvous: str, out_dir: str) -> None:
 
 @pytest.mark.slow
 def test_two_gloo_ranks_match_one_process_on_the_concatenated_batch(tmp_path):
-    # fork: the children reuse the parent's imports (torch, open_clip) instead of paying for them again
+    # spawn, not fork: by now the test process may hold threads (Ray's gRPC, OpenMP) that a forked
+    # child would inherit half-locked
     mp.start_processes(
-        _worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=WORLD_SIZE, start_method="fork"
+        _worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=WORLD_SIZE, start_method="spawn"
     )
     expected_losses, expected_gradients = loss_and_gradients(global_batch())
     assert set(expected_losses) == {"contrastive_loss", "inmodal_loss", "align_loss", "gc_loss", "bb_loss", "dfs_loss"}
