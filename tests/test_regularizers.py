@@ -380,3 +380,11 @@ def test_regularizers_trace_into_one_graph_under_torch_compile():
     all_three(*eager_inputs).backward()
     for a, b in zip(x, eager_inputs, strict=True):
         torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_module_passes_non_finite_features_through_for_the_loop_to_report():
+    """Divergence is the training loop's to report (by step and term), not an input error."""
+    v, t = unit(4, 16, 0), unit(4, 16, 1)
+    v[1, 2] = float("nan")
+    losses = LatentStructureLoss(RegularizerConfig(gc=1.0))(v, t, torch.tensor(10.0))
+    assert not torch.isfinite(losses["gc_loss"]) and not torch.isfinite(losses["contrastive_loss"])

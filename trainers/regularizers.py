@@ -14,6 +14,7 @@ is used (O(min(N, D)^2) memory), each computed once. Symmetric Grams have a one-
 
 from __future__ import annotations
 
+import contextvars
 import math
 
 import torch
@@ -36,6 +37,12 @@ __all__ = [
 # --------------------------------------------------------------------------- validation
 
 
+# Inside LatentStructureLoss the finite check is off: in training a NaN feature is divergence, not bad
+# input, and the training loop checks the total loss once per step and names the step and term
+# (a check per tensor here would also cost a host sync each).
+_finite_check = contextvars.ContextVar("regularizers_finite_check", default=True)
+
+
 def _check_features(fn_name: str, **features: Tensor | None) -> None:
     """All given features are 2-D, floating, finite and shaped like the first one."""
     expected = None
@@ -53,7 +60,7 @@ def _check_features(fn_name: str, **features: Tensor | None) -> None:
         elif tuple(x.shape) != expected:
             raise ValueError(f"{fn_name}: {name} has shape {tuple(x.shape)}, expected {expected}")
         # one reduction per argument; skipped while torch.compile traces (it would graph-break)
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+        if _finite_check.get() and not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
             raise ValueError(f"{fn_name}: {name} has non-finite values (NaN or inf)")
 
 
@@ -297,7 +304,11 @@ class LatentStructureLoss(nn.Module):
         }
         if _distributed_world_size() > 1:
             features = _gather_global_batch(features)
-        return self._terms(logit_scale, **features)
+        token = _finite_check.set(False)
+        try:
+            return self._terms(logit_scale, **features)
+        finally:
+            _finite_check.reset(token)
 
     def _check_required(
         self,
