@@ -1,6 +1,7 @@
 """Read a study's results directory (written by `python -m study.run`) into tidy DataFrames.
 
-A trial is finished (all epochs reported, no error.txt), failed (error.txt), stopped early
+A trial is finished (all epochs reported; an error.txt then records failures it recovered from),
+failed (error.txt, epochs missing), stopped early
 (fewer epochs, no error: e.g. ASHA), or incomplete (a directory with no results yet). Trials the
 study expected but whose directory does not exist are *missing*; `missing_trials` lists them.
 """
@@ -169,6 +170,8 @@ def read_trial(study: Study, trial_dir: Path) -> dict[str, Any]:
     rows = read_result_rows(trial_dir)
     reason = _error_reason(trial_dir)
     epochs = _epochs_completed(rows) if rows else 0
+    if reason is not None and epochs >= study.base.train.epochs:
+        reason = None  # failed once (error.txt keeps the record), restarted, and finished
     if reason is not None:
         status = "failed"
     elif not rows:

@@ -81,6 +81,14 @@ def trial_resources(spec: StudySpec) -> dict[str, float]:
     return demand
 
 
+def trial_process_resources(spec: StudySpec) -> dict[str, float]:
+    """A trial that trains in its own process holds its worker's resources; one that drives a worker
+    group holds almost nothing (the workers hold the CPUs and GPUs)."""
+    if spec.base.resources.trains_in_trial_process():
+        return trial_resources(spec)
+    return {"CPU": 0, "memory": 64 * 2**20}
+
+
 def max_concurrent_trials(spec: StudySpec, cluster: dict[str, float]) -> int:
     """As many trials as the cluster holds at once, so no trial waits forever for its workers."""
     fits = [math.floor(cluster.get(kind, 0.0) / amount) for kind, amount in trial_resources(spec).items() if amount]
@@ -151,7 +159,7 @@ def build_tune_config(spec: StudySpec, results: str, concurrency: int):
         from study.search import grid_param_space
 
         return tune.TuneConfig(
-            num_samples=1, scheduler=scheduler, max_concurrent_trials=concurrency,
+            num_samples=1, scheduler=scheduler, max_concurrent_trials=concurrency, reuse_actors=True,
             trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname,
         ), grid_param_space(search.space, search.seeds)
 
@@ -176,6 +184,7 @@ def build_tune_config(spec: StudySpec, results: str, concurrency: int):
         scheduler=scheduler,
         num_samples=spec.num_trials(),
         max_concurrent_trials=concurrency,
+        reuse_actors=True,  # the next trial finds torch, open_clip and the task sets already loaded
         trial_dirname_creator=_trial_dirname,
         trial_name_creator=_trial_dirname,
     ), {}
@@ -201,8 +210,7 @@ def build_tuner(spec: StudySpec, results: str, resume: bool):
     trainable = tune.with_parameters(
         run_trial, study=spec.to_yaml_dict(), train_storage=f"{storage.rstrip('/')}/train"
     )
-    # The trial itself only drives its TorchTrainer; the workers hold the CPUs and GPUs.
-    trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 64 * 2**20})
+    trainable = tune.with_resources(trainable, trial_process_resources(spec))
     experiment = f"{storage.rstrip('/')}/{EXPERIMENT}"
     if resume:
         return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
@@ -215,11 +223,14 @@ def build_tuner(spec: StudySpec, results: str, resume: bool):
         parameter_columns=parameter_columns + ["train.seed"],
         max_report_frequency=30,
     )
+    in_trial = spec.base.resources.trains_in_trial_process()
     run_config = tune.RunConfig(
         name=EXPERIMENT,
         storage_path=storage,
         progress_reporter=reporter,
-        failure_config=tune.FailureConfig(max_failures=0),  # Ray Train retries worker failures itself
+        # a worker group's failures are Ray Train's to retry; an in-process trial's are Tune's
+        failure_config=tune.FailureConfig(max_failures=spec.base.train.max_failures if in_trial else 0),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         verbose=1,
     )
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)

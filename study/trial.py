@@ -1,14 +1,19 @@
-"""One Tune trial = one Ray Train run (Ray Train V2's pattern: the trial calls `TorchTrainer.fit()`
-with a `TuneReportCallback`, which forwards every epoch's report to Tune).
+"""One Tune trial = one training run, in one of two ways.
 
-The Train run is named after the Tune trial id, which survives `Tuner.restore`: a restarted
-trial finds its own Train run in storage and resumes it from the last checkpoint, so no epoch
-is trained or reported twice.
+A 1-worker trial (the laptop default) runs the training loop in the trial's own process: no Ray
+Train controller and no worker group are started (Ray forbids Ray Train's local mode inside a Tune
+trial, so the loop is called directly), and the trial actor is reused by the next trial with its
+imports and task sets warm. The loop reports straight to Tune, so the checkpoints are
+Tune's (`trials/<trial>/checkpoint_*`): Tune restarts a failed trial from its latest, and
+`Tuner.restore` resumes an interrupted one from it.
 
-Tune itself restarts such a trial from scratch (it holds no Tune checkpoint) and so starts its
-result.json afresh; every report is therefore also kept beside the Train run (`reports/`), and a
-restarted trial replays those to Tune before its Train run resumes: each epoch is in result.json
-exactly once.
+A trial with N workers drives a worker group, Ray Train V2's pattern: `TuneReportCallback`
+forwards every epoch's report to Tune. Its Train run is named after the Tune trial id, which
+survives `Tuner.restore`: a restarted trial finds its own Train run in storage (`train/`) and
+resumes it from the last checkpoint, so no epoch is trained twice. Tune restarts such a trial
+from scratch (it holds no Tune checkpoint) and so starts its result.json afresh; every report is
+therefore also kept beside the Train run (`reports/`), and a restarted trial replays those to
+Tune before its Train run resumes: each epoch is in result.json exactly once.
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ from typing import Any
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from analysis.files import write_atomic
 from study.search import seed_for_trial, trial_params
 from study.spec import StudySpec
+from trainers.config import RunConfig
 from trainers.loop import NonFiniteLossError
-from trainers.train import build_torch_trainer, nonfinite_failure
+from trainers.train import build_torch_trainer
 
 EMBEDDINGS_FILE = "embeddings.npz"
+NONFINITE_FILE = "nonfinite_loss.txt"
 REPORTS_DIR = "reports"
 
 
@@ -85,18 +93,37 @@ def run_trial(config: dict[str, Any], study: dict[str, Any], train_storage: str)
     params = trial_params(config) | {"train.seed": seed_for_trial(config, spec.search.seeds)}
     cfg = spec.trial_run_config(params)
     context = tune.get_context()
-    run_name = train_run_name(context.get_trial_id())
+    marker = Path(context.get_trial_dir()) / NONFINITE_FILE
+    if marker.is_file():  # Tune restarted a trial that diverged: it would diverge again
+        raise NonFiniteLossError(marker.read_text())
+    if cfg.resources.trains_in_trial_process():
+        failure, checkpoint = _train_in_trial_process(cfg)
+    else:
+        failure, checkpoint = _train_on_worker_group(cfg, train_storage, train_run_name(context.get_trial_id()))
+    if failure:
+        write_atomic(marker, failure)
+        raise NonFiniteLossError(failure)
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            source = Path(directory) / EMBEDDINGS_FILE
+            if source.is_file():
+                shutil.copyfile(source, Path(context.get_trial_dir()) / EMBEDDINGS_FILE)
+
+
+def _train_in_trial_process(cfg: RunConfig):
+    import torch
+
+    from trainers.loop import train_loop_per_worker, tune_trial_session
+
+    torch.set_num_threads(max(1, round(cfg.resources.cpus_per_worker)))  # a reused actor keeps the last value
+    failure = train_loop_per_worker({"run": cfg.model_dump(mode="json")}, tune_trial_session())
+    return failure, tune.get_checkpoint()  # the last checkpoint this trial reported
+
+
+def _train_on_worker_group(cfg: RunConfig, train_storage: str, run_name: str):
     previous = read_reports(train_storage, run_name)
     for metrics in previous:  # a restarted trial: Tune's result.json starts afresh, the Train run does not
         tune.report(metrics)
     callbacks = [report_log(train_storage, run_name, len(previous)), TuneReportCallback()]
-    trainer = build_torch_trainer(cfg, train_storage, run_name, callbacks=callbacks)
-    result = trainer.fit()
-    failure = nonfinite_failure(train_storage, run_name)
-    if failure:
-        raise NonFiniteLossError(failure)
-    if result.checkpoint is not None:
-        with result.checkpoint.as_directory() as directory:
-            source = Path(directory) / EMBEDDINGS_FILE
-            if source.is_file():
-                shutil.copyfile(source, Path(context.get_trial_dir()) / EMBEDDINGS_FILE)
+    result = build_torch_trainer(cfg, train_storage, run_name, callbacks=callbacks).fit()
+    return result.return_value, result.checkpoint

@@ -67,6 +67,10 @@ class StudyProcess:
     def train_workers(self) -> list[psutil.Process]:
         return [p for p in self.descendants() if _cmdline_has(p, "RayTrainWorker")]
 
+    def trial_actors(self) -> list[psutil.Process]:
+        """Tune's trial processes (a 1-worker trial trains in its own)."""
+        return [p for p in self.descendants() if _cmdline_has(p, "ray::ImplicitFunc")]
+
     def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:

@@ -53,31 +53,43 @@ def grid_study(tmp_path: Path, space: dict, seeds: list[int], **train) -> Path:
 
 
 @pytest.mark.slow
-def test_train_worker_sigkilled_mid_trial_resumes_from_its_checkpoint(tmp_path: Path, start_study):
+@pytest.mark.parametrize("in_trial_process", [True, False], ids=["trial-process", "worker-group"])
+def test_training_process_sigkilled_mid_trial_resumes_from_its_checkpoint(
+    tmp_path: Path, start_study, in_trial_process: bool
+):
+    """SIGKILL the process that trains: the trial's own (Tune restarts the trial from its checkpoint)
+    or its Ray Train worker (Ray Train restarts the worker group from its checkpoint)."""
     space = grid_study(tmp_path, {"regularizers.gc": [0.5]}, seeds=[0], max_failures=2)
     results = tmp_path / "results"
-    study = start_study(study_command(space, results, overrides=["base.train.epochs=3",
-                                                                 "base.data.train_size=2048"]))
+    study = start_study(study_command(space, results, overrides=[
+        "base.train.epochs=3", "base.data.train_size=2048", f"base.resources.in_trial_process={in_trial_process}"]))
+    trainers = study.trial_actors if in_trial_process else study.train_workers
 
     def mid_trial() -> bool:
         """An epoch is reported and a later one is running (a quiet machine may already be past epoch 0)."""
         trials = trial_dirs(results)
         rows = epoch_rows(trials[0]) if trials else []
-        return bool(rows) and rows[-1] < 2 and bool(study.train_workers())
+        return bool(rows) and rows[-1] < 2 and bool(trainers())
 
     study.wait_for(mid_trial, STUDY_TIMEOUT, "an epoch's report before the last")
-    killed = study.train_workers()
-    for worker in killed:
-        worker.send_signal(signal.SIGKILL)
+    killed = trainers()
+    for process in killed:
+        process.send_signal(signal.SIGKILL)
     assert study.wait(STUDY_TIMEOUT) == 0, study.output()[-3000:]
 
     output = study.output()
     assert "1 trials, 0 failed" in output
-    assert output.count("Started training worker group") >= 2, "the worker group was never restarted"
+    if in_trial_process:
+        assert not any(p.is_running() for p in killed)
+        assert "Restored on" in output and "from checkpoint" in output, "Tune never restarted the trial"
+    else:
+        assert output.count("Started training worker group") >= 2, "the worker group was never restarted"
     (trial,) = trial_dirs(results)
-    # resumed from checkpoint_epoch_0000: epoch 0 is neither repeated nor lost
+    # resumed from the epoch-0 (or 1) checkpoint: no epoch is repeated or lost
     assert epoch_rows(trial) == [0, 1, 2]
-    assert not (trial / "error.txt").exists()
+    from analysis.loading import load
+
+    assert load(results)["status"].tolist() == ["finished"]  # error.txt, if any, records a recovered failure
 
 
 @pytest.mark.slow

@@ -1,9 +1,13 @@
 """The one training loop, shared by every model family: `train_loop_per_worker` for Ray Train.
 
 Read top to bottom: set-up (model, data, optimizer, resume), then epochs of steps, each epoch
-ending with evaluation, a checkpoint and one `ray.train.report`. Checkpoints are taken at epoch
-ends only, so a run that dies mid-epoch repeats that epoch from its start and every epoch is
-reported exactly once. Mid-epoch reports (`train.report_every_steps`) carry metrics only.
+ending with evaluation, a checkpoint and one report. Checkpoints are taken at epoch ends only, so
+a run that dies mid-epoch repeats that epoch from its start and every epoch is reported exactly
+once. Mid-epoch reports (`train.report_every_steps`) carry metrics only.
+
+The loop runs on a Ray Train worker and reports to Ray Train, or, when a 1-worker study trial
+trains in its own process, reports straight to that Tune trial (`tune_trial_session`), which then
+persists the checkpoints and hands the latest back on restart.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import random
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +34,6 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 from trainers.checkpoint import load_training_state, save_training_state
 from trainers.config import RunConfig, TrainConfig
 from trainers.family import TrainingModule, get_family, total_loss
-
-# A reported metric that carries a non-finite-loss failure; the driver turns it into an error.
-NONFINITE_KEY = "error/nonfinite_loss"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -86,7 +89,7 @@ def build_loader(cfg: RunConfig, rank: int, world_size: int) -> tuple[DataLoader
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
     )
-    return ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False), sampler
+    return loader, sampler
 
 
 def autocast_context(cfg: RunConfig, device: torch.device):
@@ -106,20 +109,65 @@ def check_finite(losses: dict[str, torch.Tensor], loss: torch.Tensor, step: int,
 
 
 def quiet_ray_train_logs() -> None:
-    """Ray Train logs every report's full metrics dict at INFO; the progress table says enough."""
+    """Ray Train logs every report's full metrics dict (and Tune every checkpoint's path) at INFO;
+    the progress table says enough."""
+    from ray.train._internal import storage as tune_storage
     from ray.train.v2._internal.execution import context, storage
 
-    for module in (context, storage):
+    for module in (context, storage, tune_storage):
         module.logger.setLevel(logging.WARNING)
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry point. `loop_config["run"]` is a RunConfig as JSON; it is validated here."""
+@dataclass(frozen=True)
+class WorkerSession:
+    """Where the loop runs and where it reports: a Ray Train worker, or a Tune trial's own process."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    prepare_model: Callable[[torch.nn.Module], torch.nn.Module]
+    report: Callable[..., None]  # report(metrics, checkpoint_dir=None, checkpoint_name=None)
+    get_checkpoint: Callable[[], Any]
+
+
+def ray_train_session() -> WorkerSession:
+    context = ray.train.get_context()
+
+    def report(metrics: dict[str, Any], checkpoint_dir: str | None = None, checkpoint_name: str | None = None):
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name)
+
+    return WorkerSession(
+        rank=context.get_world_rank(),
+        world_size=context.get_world_size(),
+        device=ray.train.torch.get_device(),
+        prepare_model=ray.train.torch.prepare_model,  # DDP, on this worker's device
+        report=report,
+        get_checkpoint=ray.train.get_checkpoint,
+    )
+
+
+def tune_trial_session() -> WorkerSession:
+    """One worker in the Tune trial's process: Tune persists the checkpoints and hands the latest back."""
+    from ray import tune
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def report(metrics: dict[str, Any], checkpoint_dir: str | None = None, checkpoint_name: str | None = None):
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+
+    return WorkerSession(rank=0, world_size=1, device=device, prepare_model=lambda module: module.to(device),
+                         report=report, get_checkpoint=tune.get_checkpoint)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any], session: WorkerSession | None = None) -> str | None:
+    """Ray Train entry point. `loop_config["run"]` is a RunConfig as JSON; it is validated here.
+
+    Returns None, or the message of a non-finite loss that stopped the run (`fit()`'s `return_value`)."""
     cfg = RunConfig.model_validate(loop_config["run"])
     quiet_ray_train_logs()
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
+    session = session or ray_train_session()
+    rank, world_size, device = session.rank, session.world_size, session.device
     family = get_family(cfg.model.family)
 
     seed_everything(cfg.train.seed)  # same initial weights on every rank
@@ -130,7 +178,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     scheduler = cosine_schedule(optimizer, cfg.train.warmup_steps, steps_per_epoch * cfg.train.epochs)
 
     start_epoch, step = 0, 0
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_training_state(Path(directory), cfg, rank)
@@ -143,7 +191,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
 
-    model = ray.train.torch.prepare_model(module)
+    model = session.prepare_model(module)
     core: TrainingModule = model.module if hasattr(model, "module") else model
     if cfg.train.compile:
         model = torch.compile(model)
@@ -160,6 +208,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         sums: dict[str, torch.Tensor | float] = defaultdict(float)
         num_batches, num_samples, started = 0, 0, time.perf_counter()
         for micro_step, batch in enumerate(loader):
+            batch = to_device(batch, device)
             last_micro = (micro_step + 1) % cfg.train.grad_accum_steps == 0
             sync = nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
             with sync:
@@ -169,8 +218,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 failure = check_finite(losses, loss, step, epoch)
                 if failure is not None:
                     # Stop without raising: a retry from the checkpoint would fail again the same way.
-                    ray.train.report({"epoch": epoch, "step": step, NONFINITE_KEY: failure})
-                    return
+                    return failure
                 (loss / cfg.train.grad_accum_steps).backward()
             if last_micro:
                 if cfg.train.grad_clip_norm is not None:
@@ -192,11 +240,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 progress.update(10)
                 progress.set_description(f"epoch {epoch} loss {loss.item():.3f} {rate:.0f} samples/s")
             if cfg.train.report_every_steps and last_micro and step % cfg.train.report_every_steps == 0:
-                ray.train.report({"epoch": epoch, "step": step, "train/loss": loss.item()})
+                session.report({"epoch": epoch, "step": step, "train/loss": loss.item()})
         elapsed = time.perf_counter() - started
 
-        report = {key: float(value) / max(1, num_batches) for key, value in sums.items()}
-        report |= {
+        epoch_metrics = {key: float(value) / max(1, num_batches) for key, value in sums.items()}
+        epoch_metrics |= {
             "epoch": epoch,
             "step": step,
             "train/samples_per_s": num_samples / elapsed,
@@ -204,9 +252,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         }
         last_epoch = epoch == cfg.train.epochs - 1
         if rank == 0 and (cfg.eval.every_epoch or last_epoch):
-            report |= family.evaluate(core, cfg, device)
+            epoch_metrics |= family.evaluate(core, cfg, device)
         if writer is not None:
-            for key, value in report.items():
+            for key, value in epoch_metrics.items():
                 writer.add_scalar(key, value, step)
             writer.flush()
         with tempfile.TemporaryDirectory() as directory:
@@ -216,13 +264,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             save_training_state(Path(directory), cfg, rank, state if rank == 0 else None, rng)
             if rank == 0 and last_epoch and family.embedding_sample is not None:
                 np.savez(Path(directory) / "embeddings.npz", **family.embedding_sample(core, cfg, device))
-            ray.train.report(
-                report,
-                checkpoint=ray.train.Checkpoint.from_directory(directory),
-                checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}",
-            )
+            session.report(epoch_metrics, directory, f"checkpoint_epoch_{epoch:04d}")
     if progress is not None:
         progress.close()
+    return None
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    non_blocking = device.type == "cuda"
+    return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def batch_size_of(batch: dict[str, torch.Tensor]) -> int:

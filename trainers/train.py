@@ -17,54 +17,6 @@ from typing import Any
 from trainers.config import ConfigError, RunConfig, load_run_config
 
 AUTH_TOKEN_HINT = "token: `cat ~/.ray/auth_token` (Ray's token authentication is on)"
-NONFINITE_FILE = "nonfinite_loss.txt"
-
-
-def _run_file(storage_path: str, run_name: str):
-    """(pyarrow filesystem, path) of a file beside the run's checkpoints; local paths and URIs alike."""
-    import pyarrow.fs
-
-    filesystem, root = pyarrow.fs.FileSystem.from_uri(storage_path if "://" in storage_path
-                                                     else f"file://{storage_path}")
-    return filesystem, f"{root.rstrip('/')}/{run_name}/{NONFINITE_FILE}"
-
-
-def _nonfinite_marker(storage_path: str, run_name: str):
-    """A callback on Ray Train's controller that records a non-finite-loss report as a file.
-
-    Ray Train V2's `Result.metrics` holds only the latest *checkpoint's* metrics, so the loop's
-    metrics-only failure report never reaches the caller of `fit()`; the file does. A marker left by an
-    earlier attempt of this run (say, with another learning rate) is removed first."""
-    import pyarrow.fs
-    from ray.train import UserCallback
-
-    from trainers.loop import NONFINITE_KEY
-
-    filesystem, stale = _run_file(storage_path, run_name)
-    if filesystem.get_file_info(stale).type == pyarrow.fs.FileType.File:
-        filesystem.delete_file(stale)
-
-    class NonFiniteMarker(UserCallback):
-        def after_report(self, run_context, metrics, checkpoint):
-            failure = next((m[NONFINITE_KEY] for m in metrics if m.get(NONFINITE_KEY)), None)
-            if failure:
-                filesystem, path = _run_file(storage_path, run_name)
-                filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-                with filesystem.open_output_stream(path) as stream:
-                    stream.write(str(failure).encode())
-
-    return NonFiniteMarker()
-
-
-def nonfinite_failure(storage_path: str, run_name: str) -> str | None:
-    """The non-finite-loss message of a run that stopped on one, else None."""
-    import pyarrow.fs
-
-    filesystem, path = _run_file(storage_path, run_name)
-    if filesystem.get_file_info(path).type != pyarrow.fs.FileType.File:
-        return None
-    with filesystem.open_input_stream(path) as stream:
-        return stream.read().decode()
 
 
 def build_torch_trainer(
@@ -74,7 +26,8 @@ def build_torch_trainer(
     callbacks: list[Any] = (),
     loop_options: dict[str, Any] | None = None,
 ):
-    """The TorchTrainer for one run; a trial of a study and `trainers.train` both use it."""
+    """The TorchTrainer for one run; a trial of a study and `trainers.train` both use it.
+    `fit()`'s `return_value` is the loop's: None, or the message of a non-finite loss."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -94,7 +47,7 @@ def build_torch_trainer(
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[*callbacks, _nonfinite_marker(storage_path, run_name)],
+            callbacks=list(callbacks),
         ),
     )
 
@@ -178,9 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"error: training failed: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
         return 1
-    failure = nonfinite_failure(storage, cfg.name)
-    if failure:
-        print(f"error: {failure}", file=sys.stderr)
+    if result.return_value:  # the loop stopped on a non-finite loss
+        print(f"error: {result.return_value}", file=sys.stderr)
         return 1
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float | str)}
     out = Path(storage) / cfg.name / "metrics.json" if "://" not in storage else Path("metrics.json")
