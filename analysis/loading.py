@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.configs import REGULARIZER_KEYS, label_configurations
+from study.spec import searched_keys
 from trainers.config import ConfigError, DataConfig, RunConfig, build_run_config, read_yaml, set_dotted
 
 SEED_KEY = "train.seed"
@@ -36,7 +37,7 @@ class SearchSpec:
 
     @property
     def searched_keys(self) -> list[str]:
-        return list(self.space)
+        return searched_keys(self.space)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def trial_config(study: Study, params: dict[str, Any]) -> dict[str, Any]:
     """The full nested configuration of a trial: the study's base with the trial's flat params set."""
     tree = study.base.model_dump()
     for key, value in params.items():
-        set_dotted(tree, key, value)
+        set_dotted(tree, key, value, merge=True)
     return tree
 
 

@@ -18,7 +18,9 @@ Method (all times are absolute wall-clock seconds; nothing is added to the train
   first step       report 0 - w - training time 0.   start overhead = first step - trial start
                    (trial process, imports, TorchTrainer controller, worker group, model and data set
                    construction: everything before the first batch). "(to trainer" is its first
-                   part: until the trial's TorchTrainer starts (Ray Train's storage marker file).
+                   part: until the trial's TorchTrainer starts (Ray Train's storage marker file);
+                   "-" for a 1-worker trial, which trains in its own (reused) trial process. There
+                   the start overhead is within the method's error and can read slightly negative.
   trial end        the newest file of the trial in Tune's local staging directory (the "Result
                    logdir" study.run's output names, under /tmp/ray/session_*): Tune closes the
                    trial's event file when the trial completes. (The copies under --results are
@@ -220,7 +222,7 @@ def summarize(trials: list[TrialTiming], marks: dict[str, float] | None) -> floa
     columns = ["trial", "duration", "start ovh", "(to trainer)", "end ovh", "training", "epoch work"]
     print(" ".join(f"{c:>12}" for c in columns))
     for t in trials:
-        to_trainer = f"{t.before_trainer:.1f}s" if t.before_trainer is not None else "?"
+        to_trainer = f"{t.before_trainer:.1f}s" if t.before_trainer is not None else "-"
         to_trainer = f"{to_trainer:>12}"
         cells = [t.duration, t.start_overhead, to_trainer, t.end_overhead, t.training_s, t.epoch_work_s]
         print(f"{t.trial_id:>12} " + " ".join(c if isinstance(c, str) else f"{c:>11.1f}s" for c in cells))

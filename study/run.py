@@ -24,7 +24,7 @@ from ray.tune.search import Repeater
 from ray.tune.search.repeater import TRIAL_INDEX
 
 from analysis.files import write_atomic
-from study.spec import StudySpec, load_study
+from study.spec import StudySpec, load_study, searched_keys
 from trainers.config import ConfigError
 
 EXPERIMENT = "trials"
@@ -217,7 +217,9 @@ def build_tuner(spec: StudySpec, results: str, resume: bool):
 
     concurrency = max_concurrent_trials(spec, ray.cluster_resources())
     tune_config, param_space = build_tune_config(spec, results, concurrency)
-    parameter_columns = list(spec.search.space)
+    # Tune's table flattens a nested config with "/": a block parameter's keys are regularizers/gc, ...
+    parameter_columns = [key if key in spec.search.space else key.replace(".", "/", 1)
+                         for key in searched_keys(spec.search.space)]
     reporter = tune.CLIReporter(
         metric_columns={"epoch": "epoch", spec.search.metric: spec.search.metric, "train/loss": "loss"},
         parameter_columns=parameter_columns + ["train.seed"],

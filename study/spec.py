@@ -238,7 +238,7 @@ class StudySpec(_Strict):
         """The base configuration with flat dotted `params` (including train.seed) set."""
         tree = self.base.model_dump()
         for key, value in params.items():
-            set_dotted(tree, key, value)
+            set_dotted(tree, key, value, merge=True)
         try:
             return RunConfig.model_validate(tree)
         except ValidationError as exc:
@@ -345,16 +345,40 @@ def _categorical_problems(key: str, param: ChoiceParam) -> list[str]:
 
 
 def _space_key_problems(spec: StudySpec) -> list[str]:
-    known_keys = flatten(spec.base.model_dump())
+    base = spec.base.model_dump()
+    known_keys = flatten(base)
     problems = []
     for key, param in spec.search.space.items():
         if key == "train.seed":
             problems.append(f"search.space.{key}: seeds come from search.seeds")
+        elif is_block_param(key, param):
+            if spec.search.method != "grid":
+                problems.append(f"search.space.{key}: a grid over configuration blocks needs method: grid")
+            else:
+                problems += _sample_value_problems(spec.base, key, param)
         elif key not in known_keys:
             problems.append(f"search.space.{key}: unknown configuration key")
         else:
             problems += _sample_value_problems(spec.base, key, param)
     return problems
+
+
+def is_block_param(key: str, param: Any) -> bool:
+    """A grid over partial configuration blocks ("arms"): `regularizers: {type: grid, values:
+    [{align: 1}, {align: 1, gc: 0.5}]}`; each value is merged into the base's block."""
+    return "." not in key and param.type in GRID_TYPES and all(isinstance(v, dict) for v in param.values)
+
+
+def searched_keys(space: dict[str, Any]) -> list[str]:
+    """The leaf keys a search sets: a block parameter sets every key its values name."""
+    keys: list[str] = []
+    for key, param in space.items():
+        values = param["values"] if isinstance(param, dict) else getattr(param, "values", None)
+        if "." not in key and values and all(isinstance(v, dict) for v in values):
+            keys += [f"{key}.{leaf}" for value in values for leaf in flatten(value)]
+        else:
+            keys.append(key)
+    return list(dict.fromkeys(keys))
 
 
 def _sample_value_problems(base: RunConfig, key: str, param: Any) -> list[str]:
@@ -365,7 +389,7 @@ def _sample_value_problems(base: RunConfig, key: str, param: Any) -> list[str]:
     problems = []
     for where, value in samples.items():
         tree = base.model_dump()
-        set_dotted(tree, key, value)
+        set_dotted(tree, key, value, merge=True)
         try:
             RunConfig.model_validate(tree)
         except ValidationError as exc:

@@ -392,3 +392,45 @@ def test_seeded_repeater_runs_the_baseline_first_and_hides_it_from_optuna():
         searcher.on_trial_complete(trial_id, {"zeroshot/top1": score})
     finished = optuna_search._ot_study.trials
     assert len(finished) == 1 and finished[0].value == pytest.approx(0.3)  # the searched group's mean only
+
+
+ARMS = [{"align": 0.0}, {"align": 1.0}, {"align": 1.0, "gc": 0.5}, {"align": 1.0, "dfs": 0.5}]
+
+
+def test_a_grid_over_regularizer_blocks_merges_each_arm_into_the_base(tmp_path: Path):
+    """One arm per regularizer (the paper reports each alone) instead of every on/off combination."""
+    spec = load_study(write_study(tmp_path, GOOD_STUDY), [
+        "search.method=grid", "search.num_samples=1", "base.regularizers.bb_s=0.4",
+        "search.space={data.info_gap: {type: grid, values: [0.0, 1.0]}, "
+        f"regularizers: {{type: grid, values: {ARMS}}}}}",
+    ])
+    assert spec.num_trials() == 2 * len(ARMS) * 2
+    variants = [config for _, config in generate_variants(grid_param_space(spec.search.space, spec.search.seeds))]
+    assert len(variants) == spec.num_trials()
+    runs = [spec.trial_run_config(trial_params(config) | {"train.seed": config["train.seed"]}) for config in variants]
+    arms = {(r.regularizers.align, r.regularizers.gc, r.regularizers.dfs) for r in runs}
+    assert arms == {(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (1.0, 0.5, 0.0), (1.0, 0.0, 0.5)}
+    assert {r.regularizers.bb_s for r in runs} == {0.4}  # the rest of the block is the base's
+
+    from study.spec import searched_keys
+
+    assert searched_keys(spec.search.space) == ["data.info_gap", "regularizers.align", "regularizers.gc",
+                                                "regularizers.dfs"]
+
+
+@pytest.mark.parametrize(("arm", "message"), [
+    ("{align: 1.0, gcx: 0.5}", r"search\.space\.regularizers\.values\[1\]: .* \(Extra inputs are not permitted\)"),
+    ("{align: 1.0, gc: -1}", r"search\.space\.regularizers\.values\[1\]: .*greater than or equal to 0"),
+])
+def test_a_bad_arm_is_named_by_its_index(tmp_path: Path, arm: str, message: str):
+    with pytest.raises(ConfigError, match=message):
+        load_study(write_study(tmp_path, GOOD_STUDY), [
+            "search.method=grid", "search.num_samples=1",
+            f"search.space={{regularizers: {{type: grid, values: [{{align: 0.0}}, {arm}]}}}}",
+        ])
+
+
+def test_an_arm_grid_needs_method_grid(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"search\.space\.regularizers: a grid over configuration blocks needs"):
+        load_study(write_study(tmp_path, GOOD_STUDY),
+                   ["search.space={regularizers: {type: choice, values: [{align: 0.0}, {align: 1.0}]}}"])

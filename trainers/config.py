@@ -199,8 +199,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def set_dotted(tree: dict, key: str, value: Any) -> None:
-    """Set `a.b.c` in a nested dict, creating levels; a non-dict in the way is an error."""
+def set_dotted(tree: dict, key: str, value: Any, merge: bool = False) -> None:
+    """Set `a.b.c` in a nested dict, creating levels; a non-dict in the way is an error.
+    `merge`: a mapping set on a mapping is merged into it (`regularizers={gc: 1}` keeps the other weights)."""
     node = tree
     parts = key.split(".")
     for part in parts[:-1]:
@@ -208,7 +209,18 @@ def set_dotted(tree: dict, key: str, value: Any) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"{key}: {part} is not a mapping")
         node = child
-    node[parts[-1]] = value
+    if merge and isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+        node[parts[-1]] = _merged(node[parts[-1]], value)
+    else:
+        node[parts[-1]] = value
+
+
+def _merged(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merged(merged[key], value) if both else value
+    return merged
 
 
 def read_yaml(path: str | Path) -> dict:
