@@ -195,18 +195,23 @@ def embedding_pca(embeddings: dict[str, Path]) -> plt.Figure:
 
 
 def info_gap_lines(trials: pd.DataFrame, metrics: list[str]) -> plt.Figure:
-    """Metrics against alignment pressure, one line per information gap and regularizer setting."""
+    """Each metric per setting (alignment pressure, and the regularizers beside it), one colour per
+    information gap: mean and 95% CI over seeds."""
     data = _finished(trials).copy()
     data["info gap"] = data["data.info_gap"].map(lambda gap: f"{gap:g}")
-    data["regularizers"] = data.apply(_other_regularizers, axis=1)
-    style = "regularizers" if data["regularizers"].nunique() > 1 else None
+    data["setting"] = data.apply(lambda row: f"align {row['regularizers.align']:g} " + _other_regularizers(row), axis=1)
+    data["setting"] = data["setting"].str.replace(" none", "", regex=False)
+    order = (data.assign(regs=data.apply(_other_regularizers, axis=1) != "none")
+             .sort_values(["regs", "regularizers.align", "setting"])["setting"].unique().tolist())
+    dodge = 0.4 if data["info gap"].nunique() > 1 else False
     figure, axes = _panels(len(metrics))
     for ax, metric in zip(axes, metrics, strict=True):
-        sns.lineplot(data=data.dropna(subset=[metric]), x="regularizers.align", y=metric, hue="info gap",
-                     style=style, errorbar=("ci", 95), marker="o", ax=ax, legend=ax is axes[0])
-        ax.set_xlabel("alignment pressure weight")
+        sns.pointplot(data=data.dropna(subset=[metric]), x="setting", y=metric, hue="info gap", order=order,
+                      errorbar=("ci", 95), dodge=dodge, linestyle="none", capsize=0.1, ax=ax, legend=ax is axes[0])
+        ax.set_xlabel("")
         ax.set_ylabel(metric)
-    figure.suptitle("Information gap: metrics against alignment pressure (mean, 95% CI over seeds)")
+        ax.tick_params(axis="x", labelrotation=30)
+    figure.suptitle("Information gap: each metric per alignment pressure and regularizer (mean, 95% CI over seeds)")
     figure.tight_layout()
     return figure
 

@@ -373,7 +373,7 @@ def searched_keys(space: dict[str, Any]) -> list[str]:
     """The leaf keys a search sets: a block parameter sets every key its values name."""
     keys: list[str] = []
     for key, param in space.items():
-        values = param["values"] if isinstance(param, dict) else getattr(param, "values", None)
+        values = param.get("values") if isinstance(param, dict) else getattr(param, "values", None)
         if "." not in key and values and all(isinstance(v, dict) for v in values):
             keys += [f"{key}.{leaf}" for value in values for leaf in flatten(value)]
         else:

@@ -9,6 +9,7 @@ active term needs them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,19 @@ def create_open_clip_model(arch: str, pretrained: str | None) -> nn.Module:
     looks_like_file = pretrained and ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors")))
     if looks_like_file and not Path(pretrained).is_file():
         raise ValueError(f"model.pretrained: {pretrained} does not exist")
-    return open_clip.create_model(arch, pretrained=pretrained or None)
+    if pretrained:
+        return open_clip.create_model(arch, pretrained=pretrained)
+    # training from scratch is the point here; open_clip would warn about it in every trial
+    root = logging.getLogger()
+    root.addFilter(_from_scratch_warning)
+    try:
+        return open_clip.create_model(arch, pretrained=None)
+    finally:
+        root.removeFilter(_from_scratch_warning)
+
+
+def _from_scratch_warning(record: logging.LogRecord) -> bool:
+    return "No pretrained weights loaded" not in record.getMessage()
 
 
 class _ProjectionHead(nn.Module):
