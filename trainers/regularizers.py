@@ -59,8 +59,16 @@ def _check_features(fn_name: str, **features: Tensor | None) -> None:
             expected = tuple(x.shape)
         elif tuple(x.shape) != expected:
             raise ValueError(f"{fn_name}: {name} has shape {tuple(x.shape)}, expected {expected}")
-        # one reduction per argument; skipped while torch.compile traces (it would graph-break)
-        if _finite_check.get() and not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+    # skipped while torch.compile traces (it would graph-break)
+    if not _finite_check.get() or torch.compiler.is_compiling():
+        return
+    given = {name: x for name, x in features.items() if x is not None}
+    # A NaN or inf makes its tensor's sum non-finite: one cheap reduction per argument and one host
+    # sync in all. (A sum that overflows while every entry is finite is rechecked entry by entry.)
+    if bool(torch.stack([x.detach().sum(dtype=torch.float64) for x in given.values()]).isfinite().all()):
+        return
+    for name, x in given.items():
+        if not bool(torch.isfinite(x).all()):
             raise ValueError(f"{fn_name}: {name} has non-finite values (NaN or inf)")
 
 
