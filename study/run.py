@@ -26,6 +26,7 @@ from ray.tune.search.repeater import TRIAL_INDEX
 from analysis.files import write_atomic
 from study.spec import StudySpec, load_study, searched_keys
 from trainers.config import ConfigError
+from trainers.train import CHECKPOINTS_KEPT, init_ray
 
 EXPERIMENT = "trials"
 STUDY_FILE = "study.yaml"
@@ -232,7 +233,7 @@ def build_tuner(spec: StudySpec, results: str, resume: bool):
         progress_reporter=reporter,
         # a worker group's failures are Ray Train's to retry; an in-process trial's are Tune's
         failure_config=tune.FailureConfig(max_failures=spec.base.train.max_failures if in_trial else 0),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
         verbose=1,
     )
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
@@ -280,8 +281,6 @@ def main(argv: list[str] | None = None) -> int:
     if not is_uri(results) and not args.resume:
         write_atomic(local_path(results) / STUDY_FILE, yaml.safe_dump(spec.to_yaml_dict(), sort_keys=False))
     print(describe(spec), flush=True)
-
-    from trainers.train import init_ray
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's table reporter, with our columns
     # epochs without evaluation (eval.every_epoch: false) report no search metric; that is expected

@@ -345,8 +345,7 @@ def _categorical_problems(key: str, param: ChoiceParam) -> list[str]:
 
 
 def _space_key_problems(spec: StudySpec) -> list[str]:
-    base = spec.base.model_dump()
-    known_keys = flatten(base)
+    known_keys = flatten(spec.base.model_dump())
     problems = []
     for key, param in spec.search.space.items():
         if key == "train.seed":
@@ -366,15 +365,20 @@ def _space_key_problems(spec: StudySpec) -> list[str]:
 def is_block_param(key: str, param: Any) -> bool:
     """A grid over partial configuration blocks ("arms"): `regularizers: {type: grid, values:
     [{align: 1}, {align: 1, gc: 0.5}]}`; each value is merged into the base's block."""
-    return "." not in key and param.type in GRID_TYPES and all(isinstance(v, dict) for v in param.values)
+    return param.type in GRID_TYPES and _names_blocks(key, param.values)
+
+
+def _names_blocks(key: str, values: list[Any] | None) -> bool:
+    return "." not in key and bool(values) and all(isinstance(v, dict) for v in values)
 
 
 def searched_keys(space: dict[str, Any]) -> list[str]:
-    """The leaf keys a search sets: a block parameter sets every key its values name."""
+    """The leaf keys a search sets: a block parameter sets every key its values name.
+    `space` holds parameter objects, or (read back from study.yaml) their dicts."""
     keys: list[str] = []
     for key, param in space.items():
         values = param.get("values") if isinstance(param, dict) else getattr(param, "values", None)
-        if "." not in key and values and all(isinstance(v, dict) for v in values):
+        if _names_blocks(key, values):
             keys += [f"{key}.{leaf}" for value in values for leaf in flatten(value)]
         else:
             keys.append(key)

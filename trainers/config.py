@@ -140,8 +140,8 @@ class ResourcesConfig(_Strict):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0.0)
-    # A study trial with 1 worker trains inside its own Tune trial process (Ray Train's local mode:
-    # no controller and no worker group to start per trial); Tune persists its checkpoints and
+    # A study trial with 1 worker runs the training loop inside its own Tune trial process (no Ray
+    # Train controller and no worker group to start per trial); Tune persists its checkpoints and
     # restarts it on failure. false: a worker group, as with N workers.
     in_trial_process: bool = True
 

@@ -16,6 +16,8 @@ from typing import Any
 
 from trainers.config import ConfigError, RunConfig, load_run_config
 
+# epoch-end checkpoints kept per run (Ray Train's, or Tune's for a trial that trains in its own process)
+CHECKPOINTS_KEPT = 2
 AUTH_TOKEN_HINT = "token: `cat ~/.ray/auth_token` (Ray's token authentication is on)"
 
 
@@ -46,7 +48,7 @@ def build_torch_trainer(
             name=run_name,
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             callbacks=list(callbacks),
         ),
     )
