@@ -18,8 +18,10 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.timm_model import TimmModel
 from torch import nn
 
+import trainers.small_cnn  # noqa: F401  (registers the tiny-cnn image tower with timm)
 from trainers.config import RunConfig
 from trainers.family import Batch, Family, TrainingModule
 from trainers.regularizers import LatentStructureLoss
@@ -77,8 +79,14 @@ def _take_projection(owner: nn.Module, attribute: str) -> _ProjectionHead:
     """
     projection = getattr(owner, attribute, None)
     if projection is not None:
-        setattr(owner, attribute, None)
+        # a module inside a head's nn.Sequential is replaced, not removed, so the head still runs
+        setattr(owner, attribute, nn.Identity() if isinstance(projection, nn.Module) else None)
     return _ProjectionHead(projection)
+
+
+def _image_projection_owner(visual: nn.Module) -> nn.Module:
+    """Where an image tower keeps its projection `proj`: open_clip's timm towers hold it in `head`."""
+    return visual.head if isinstance(visual, TimmModel) else visual
 
 
 def _output_width(head: _ProjectionHead, embed_dim: int) -> int:
@@ -94,7 +102,7 @@ class ClipTrainingModule(TrainingModule):
         super().__init__()
         self.model = create_open_clip_model(cfg.model.arch, cfg.model.pretrained)
         embed_dim = open_clip.get_model_config(cfg.model.arch)["embed_dim"]
-        self.image_projection = _take_projection(self.model.visual, "proj")
+        self.image_projection = _take_projection(_image_projection_owner(self.model.visual), "proj")
         self.text_projection = _take_projection(self.model, "text_projection")
         self.criterion = LatentStructureLoss(cfg.regularizers)
         self.image_independent: nn.Module | None = None

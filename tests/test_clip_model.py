@@ -1,0 +1,54 @@
+"""The CLIP family's module on the shipped small towers: projections moved out, DFS heads beside them."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+
+from trainers.clip import ClipTrainingModule
+from trainers.config import build_run_config
+
+
+def module_for(arch: str, **regularizers) -> ClipTrainingModule:
+    torch.manual_seed(0)
+    return ClipTrainingModule(build_run_config({"model": {"family": "clip", "arch": arch}, "regularizers": regularizers}))
+
+
+@pytest.mark.parametrize("arch", ["tiny-vit", "tiny-cnn"])
+def test_shared_embedding_is_the_open_clip_models_own(arch):
+    """Taking the projection out of the tower must not change what the model computes."""
+    module = module_for(arch, dfs=0.5).eval()
+    reference = open_clip.create_model(arch)
+    reference.load_state_dict(module.model.state_dict(), strict=False)
+    # the moved projection goes back where open_clip keeps it
+    head = reference.visual.head if arch == "tiny-cnn" else reference.visual
+    with torch.no_grad():
+        if arch == "tiny-cnn":
+            head.proj.weight.copy_(module.image_projection.linear.weight)
+        else:
+            head.proj.copy_(module.image_projection.weight)
+    reference.eval()
+    images = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        features = module.encode_images(images)
+        expected = torch.nn.functional.normalize(reference.encode_image(images), dim=-1)
+    torch.testing.assert_close(features["shared"], expected)
+    # DFS heads read the same pooled output as the shared projection, not the embedding
+    assert features["pooled"].shape[1] == module.image_independent.in_features
+    assert features["independent"].shape == features["shared"].shape
+
+
+def test_tiny_cnn_trains_a_step_with_every_regularizer():
+    module = module_for("tiny-cnn", gc=0.5, bb=0.5, dfs=0.5, align=1.0, inmodal=True).train()
+    tokens = open_clip.get_tokenizer("tiny-cnn")(["a red circle"] * 4 + ["a blue square"] * 4)
+    batch = {"image": torch.randn(8, 3, 64, 64), "text": tokens,
+             "image_aug": torch.randn(8, 3, 64, 64), "text_aug": tokens}
+    before = [p.detach().clone() for p in module.model.visual.parameters()]
+    losses, _ = module(batch)
+    assert {"contrastive_loss", "gc_loss", "bb_loss", "dfs_loss", "align_loss", "inmodal_loss"} <= set(losses)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    torch.optim.SGD(module.parameters(), lr=0.1).step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, module.model.visual.parameters(), strict=True))
