@@ -20,6 +20,7 @@ from analysis.stats import ALPHA, compare, format_p, per_seed
 ALIGN_KEY = "regularizers.align"
 GAP_KEY = "data.info_gap"
 NO_REGULARIZER = "none"
+LARGE_EFFECT = 0.8  # Cohen's conventional threshold for a large d
 
 
 def is_info_gap_study(searched_keys: list[str]) -> bool:
@@ -124,6 +125,14 @@ def _verdict(pressure: pd.DataFrame, recovery: pd.DataFrame) -> str:
     lowered, raised = _significant(pressure, -1), _significant(pressure, +1)
     summary = (f"{len(lowered)} of {len(pressure)} pressure comparisons on the modality-specific probes show a "
                f"significant drop (p < {ALPHA}), {len(raised)} a significant rise")
+    if len(lowered) == 0 and len(raised) == 0:
+        # Nothing significant, but a consistent, large drop is not the same finding as no drop at all.
+        large_drops = pressure[pressure["cohens_d"] <= -LARGE_EFFECT]
+        if len(large_drops) > len(pressure) / 2:
+            return (f"The predicted direction, not established: {len(large_drops)} of {len(pressure)} pressure "
+                    f"comparisons on the modality-specific probes drop with a large effect (Cohen's d <= "
+                    f"-{LARGE_EFFECT:g}, mean Δ {large_drops['delta'].mean():+.3f}), but none is significant "
+                    f"(p < {ALPHA}) with n = {int(pressure['n'].min())} paired seeds.")
     if len(lowered) == 0 or len(raised) >= len(lowered):
         return f"The predicted effect does not appear: {summary}."
     if recovery.empty:

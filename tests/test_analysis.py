@@ -144,3 +144,22 @@ def test_result_json_garbage_lines_are_skipped(tmp_path):
     result = next((root / "trials").glob("train_trial_*")) / "result.json"
     result.write_text("not json\n" + result.read_text() + json.dumps([1, 2]) + "\n")
     assert analysis.load(root)["status"].tolist() == ["finished"]
+
+
+def _pressure(deltas, p_values, ds):
+    import pandas as pd
+
+    return pd.DataFrame({"delta": deltas, "p_value": p_values, "cohens_d": ds, "n": 5})
+
+
+def test_info_gap_verdict_tells_a_consistent_unestablished_drop_from_none():
+    from analysis.info_gap import _verdict
+
+    empty = _pressure([], [], []).iloc[0:0]
+    drops = _pressure([-0.08, -0.13, -0.02, -0.001], [0.054, 0.061, 0.06, 0.95], [-1.2, -1.16, -1.1, -0.03])
+    assert _verdict(drops, empty).startswith("The predicted direction, not established: 3 of 4")
+    assert "n = 5 paired seeds" in _verdict(drops, empty)
+    mixed = _pressure([-0.08, 0.05, 0.01, -0.001], [0.054, 0.1, 0.6, 0.95], [-1.2, 0.9, 0.2, -0.03])
+    assert _verdict(mixed, empty).startswith("The predicted effect does not appear: 0 of 4")
+    significant = _pressure([-0.08, -0.13], [0.01, 0.02], [-2.0, -1.8])
+    assert _verdict(significant, empty).startswith("The first half of the predicted effect appears")

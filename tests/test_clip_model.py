@@ -12,7 +12,8 @@ from trainers.config import build_run_config
 
 def module_for(arch: str, **regularizers) -> ClipTrainingModule:
     torch.manual_seed(0)
-    return ClipTrainingModule(build_run_config({"model": {"family": "clip", "arch": arch}, "regularizers": regularizers}))
+    tree = {"model": {"family": "clip", "arch": arch}, "regularizers": regularizers}
+    return ClipTrainingModule(build_run_config(tree))
 
 
 @pytest.mark.parametrize("arch", ["tiny-vit", "tiny-cnn"])
