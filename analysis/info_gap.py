@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from analysis.configs import REGULARIZER_KEYS, REGULARIZER_NAMES
-from analysis.metrics import INFO_GAP_METRICS, MODALITY_SPECIFIC_PROBES, present
+from analysis.metrics import INFO_GAP_METRICS, MODALITY_SPECIFIC_PROBES, present, readable
 from analysis.stats import ALPHA, compare, format_p, per_seed
 
 ALIGN_KEY = "regularizers.align"
@@ -118,6 +118,12 @@ def _significant(frame: pd.DataFrame, sign: int) -> pd.DataFrame:
     return frame[(frame["p_value"] < ALPHA) & (frame["delta"] * sign > 0)]
 
 
+def _consistent_drop(probe: str, rows: pd.DataFrame) -> str:
+    deltas = ", ".join(f"{row.delta:+.3f} at gap {row.info_gap:g}" for row in rows.itertuples())
+    return (f"{readable(probe)} drops at every information gap with a large effect (Δ {deltas}; "
+            f"Cohen's d <= -{LARGE_EFFECT:g})")
+
+
 def _verdict(pressure: pd.DataFrame, recovery: pd.DataFrame) -> str:
     if pressure.empty:
         return ("The predicted effect cannot be judged: no modality-specific probe was measured with and "
@@ -126,13 +132,17 @@ def _verdict(pressure: pd.DataFrame, recovery: pd.DataFrame) -> str:
     summary = (f"{len(lowered)} of {len(pressure)} pressure comparisons on the modality-specific probes show a "
                f"significant drop (p < {ALPHA}), {len(raised)} a significant rise")
     if len(lowered) == 0 and len(raised) == 0:
-        # Nothing significant, but a consistent, large drop is not the same finding as no drop at all.
-        large_drops = pressure[pressure["cohens_d"] <= -LARGE_EFFECT]
-        if len(large_drops) > len(pressure) / 2:
-            return (f"The predicted direction, not established: {len(large_drops)} of {len(pressure)} pressure "
-                    f"comparisons on the modality-specific probes drop with a large effect (Cohen's d <= "
-                    f"-{LARGE_EFFECT:g}, mean Δ {large_drops['delta'].mean():+.3f}), but none is significant "
-                    f"(p < {ALPHA}) with n = {int(pressure['n'].min())} paired seeds.")
+        # Nothing significant, but a probe that drops by a large effect at every gap is not the
+        # same finding as no drop at all: say which probe, and which does not move.
+        by_probe = dict(iter(pressure.groupby("metric", sort=False)))
+        consistent = [probe for probe, rows in by_probe.items() if (rows["cohens_d"] <= -LARGE_EFFECT).all()]
+        if consistent:
+            drops = "; ".join(_consistent_drop(probe, by_probe[probe]) for probe in consistent)
+            others = [readable(probe) for probe in by_probe if probe not in consistent]
+            rest = f"; the {' and the '.join(others)} does not drop consistently" if others else ""
+            return (f"The predicted direction, not established: the {drops}, but none of the {len(pressure)} "
+                    f"pressure comparisons on the modality-specific probes is significant (p < {ALPHA}) with "
+                    f"n = {int(pressure['n'].min())} paired seeds{rest}.")
     if len(lowered) == 0 or len(raised) >= len(lowered):
         return f"The predicted effect does not appear: {summary}."
     if recovery.empty:

@@ -149,17 +149,22 @@ def test_result_json_garbage_lines_are_skipped(tmp_path):
 def _pressure(deltas, p_values, ds):
     import pandas as pd
 
-    return pd.DataFrame({"delta": deltas, "p_value": p_values, "cohens_d": ds, "n": 5})
+    metrics = ["linear_probe/image_only/image", "linear_probe/text_only/text"] * (len(deltas) // 2)
+    return pd.DataFrame({"metric": metrics, "info_gap": [0.5, 0.5, 1.0, 1.0][:len(deltas)], "delta": deltas,
+                         "p_value": p_values, "cohens_d": ds, "n": 5})
 
 
 def test_info_gap_verdict_tells_a_consistent_unestablished_drop_from_none():
     from analysis.info_gap import _verdict
 
     empty = _pressure([], [], []).iloc[0:0]
-    drops = _pressure([-0.08, -0.13, -0.02, -0.001], [0.054, 0.061, 0.06, 0.95], [-1.2, -1.16, -1.1, -0.03])
-    assert _verdict(drops, empty).startswith("The predicted direction, not established: 3 of 4")
-    assert "n = 5 paired seeds" in _verdict(drops, empty)
-    mixed = _pressure([-0.08, 0.05, 0.01, -0.001], [0.054, 0.1, 0.6, 0.95], [-1.2, 0.9, 0.2, -0.03])
-    assert _verdict(mixed, empty).startswith("The predicted effect does not appear: 0 of 4")
+    # rows: image probe at 0.5, text probe at 0.5, image probe at 1, text probe at 1
+    text_drops = _pressure([-0.006, -0.068, -0.003, -0.143], [0.42, 0.062, 0.39, 0.052], [-0.4, -1.15, -0.44, -1.23])
+    verdict = _verdict(text_drops, empty)
+    assert verdict.startswith("The predicted direction, not established: the text-only attribute probe")
+    assert "-0.068 at gap 0.5, -0.143 at gap 1" in verdict and "n = 5 paired seeds" in verdict
+    assert "the image-only attribute probe (image embedding) does not drop consistently" in verdict
+    one_gap_only = _pressure([-0.006, -0.068, -0.003, 0.01], [0.42, 0.062, 0.39, 0.8], [-0.4, -1.15, -0.44, 0.1])
+    assert _verdict(one_gap_only, empty).startswith("The predicted effect does not appear: 0 of 4")
     significant = _pressure([-0.08, -0.13], [0.01, 0.02], [-2.0, -1.8])
     assert _verdict(significant, empty).startswith("The first half of the predicted effect appears")
