@@ -92,9 +92,18 @@ class VETask:
 
 @dataclass
 class TaskSets:
+    """The test-split task sets, and the same tasks on validation data in `validation`.
+
+    Hyperparameters are selected on validation and reported on test: evaluation reports
+    `validation`'s metrics under `val/<name>` beside the test metrics' plain names. A validation
+    ProbeTask keeps the test ProbeTask's training part and replaces its test part with
+    validation samples, so that the two splits differ only in what is scored.
+    """
+
     zeroshot: list[ZeroShotTask] = field(default_factory=list)
     retrieval: RetrievalTask | None = None
     probes: list[ProbeTask] = field(default_factory=list)
     vqa: VQATask | None = None
     nlvr: NLVRTask | None = None
     ve: VETask | None = None
+    validation: TaskSets | None = None
