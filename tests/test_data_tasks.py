@@ -46,6 +46,28 @@ def test_probes_cover_shared_image_only_and_text_only_targets(tasks):
     assert not torch.equal(probes["class"].train_images, probes["class"].test_images)
 
 
+def test_validation_sets_score_another_split_and_keep_the_training_parts(tasks):
+    _, sets = tasks
+    validation = sets.validation
+    assert validation is not None and validation.validation is None
+    assert [t.name for t in validation.zeroshot] == [t.name for t in sets.zeroshot]
+    test_images, validation_images = sets.zeroshot[0].images, validation.zeroshot[0].images
+    assert validation_images.shape == test_images.shape and not torch.equal(validation_images, test_images)
+    # every task of a split shares its one image tensor, so evaluation encodes it once
+    assert validation.retrieval.images is validation_images and validation.probes[0].test_images is validation_images
+    assert validation.retrieval.captions != sets.retrieval.captions
+    for test_probe, validation_probe in zip(sets.probes, validation.probes, strict=True):
+        assert validation_probe.name == test_probe.name
+        assert validation_probe.train_images is test_probe.train_images
+        assert validation_probe.train_captions == test_probe.train_captions
+        assert torch.equal(validation_probe.train_labels, test_probe.train_labels)
+        assert not torch.equal(validation_probe.test_images, test_probe.train_images)
+    for name in ("vqa", "nlvr", "ve"):
+        assert getattr(validation, name).train is getattr(sets, name).train
+    assert validation.vqa.test.questions != sets.vqa.test.questions
+    assert validation.ve.test.images is validation_images
+
+
 def test_vqa_nlvr_ve_are_well_formed_and_answer_from_the_scene(tasks):
     _, sets = tasks
     vqa = sets.vqa

@@ -11,7 +11,7 @@ from trainers.data import build_pretrain_dataset
 from trainers.data.captions import scene_captions
 from trainers.data.render import render_scenes
 from trainers.data.synthetic import world_split
-from trainers.data.world import BACKGROUNDS, MATERIALS, OWNERS, SHAPES, TEXTURES, sample_scenes
+from trainers.data.world import BACKGROUNDS, MATERIALS, OWNERS, SHAPES, SPLIT_IDS, TEXTURES, sample_scenes
 
 
 def _config(tmp_path, **overrides) -> DataConfig:
@@ -36,7 +36,7 @@ def test_a_sample_does_not_depend_on_the_split_size():
 def test_splits_share_no_image_or_caption(tmp_path):
     data = _config(tmp_path)
     seen: dict[str, str] = {}
-    for split in ("train", "val", "test"):
+    for split in SPLIT_IDS:  # pre-training, task training, validation and test
         part = world_split(data, split, 96)
         for image, caption in zip(part.images, part.captions, strict=True):
             digest = hashlib.sha256(np.asarray(image).tobytes()).hexdigest()
@@ -55,7 +55,7 @@ def test_image_only_attributes_never_appear_in_captions():
 
 
 def test_text_only_facts_never_change_the_pixels_but_do_change_captions():
-    scenes = sample_scenes(5, "val", 0, 200, 1.0, 64)
+    scenes = sample_scenes(5, "task_train", 0, 200, 1.0, 64)
     before, captions = render_scenes(scenes, 64), scene_captions(scenes)
     scenes.owner[:] = (scenes.owner + 1) % len(OWNERS)
     scenes.material[:] = (scenes.material + 2) % len(MATERIALS)
@@ -109,5 +109,5 @@ def test_pretrain_items_and_deterministic_views(tmp_path):
     dataset.set_epoch(1)  # a new epoch draws new views of the same sample
     assert not torch.equal(dataset[7]["image_aug"], item["image_aug"])
     assert torch.equal(dataset[7]["image"], item["image"])
-    plain = build_pretrain_dataset(_config(tmp_path), split="val")[0]
+    plain = build_pretrain_dataset(_config(tmp_path), split="validation")[0]
     assert set(plain) == {"image", "caption", "index"}

@@ -1,7 +1,9 @@
 """Downstream task sets drawn from the synthetic world.
 
-Training parts come from the "val" split and test parts from the "test" split, both disjoint
-from pre-training's "train" split. Each has `eval_size` scenes, rendered once and shared by all tasks.
+Training parts (probes, fused heads) come from the "task_train" split, scored parts from the "test"
+split and, for selecting hyperparameters, from the "validation" split (`TaskSets.validation`); all
+are disjoint from pre-training's "train" split. Each has `eval_size` scenes, rendered once: every
+task of a split shares one image tensor, so that evaluation encodes each split's images once.
 """
 
 from __future__ import annotations
@@ -81,46 +83,60 @@ def _task_rng(data: DataConfig, split: str, task: int) -> np.random.Generator:
     return np.random.default_rng([data.world_seed, SPLIT_IDS[split], 1000 + task])
 
 
-def _images(split: WorldSplit, index: np.ndarray | None = None) -> torch.Tensor:
-    images = split.images if index is None else split.images[index]
-    return torch.from_numpy(np.array(images))  # a writable copy of the (memory-mapped) cache
+def _images(split: WorldSplit) -> torch.Tensor:
+    return torch.from_numpy(np.array(split.images))  # a writable copy of the (memory-mapped) cache
 
 
 def build_synthetic_task_sets(data: DataConfig) -> TaskSets:
-    val, test = world_split(data, "val", data.eval_size), world_split(data, "test", data.eval_size)
-    return TaskSets(
-        zeroshot=[zeroshot_task(test), colour_zeroshot_task(test)],
-        retrieval=retrieval_task(test),
-        probes=probe_tasks(val, test),
-        vqa=VQATask(vqa_split(data, "val", val), vqa_split(data, "test", test), list(ANSWER_VOCAB)),
-        nlvr=NLVRTask(nlvr_split(data, "val", val), nlvr_split(data, "test", test)),
-        ve=VETask(ve_split(data, "val", val), ve_split(data, "test", test)),
+    task_train = world_split(data, "task_train", data.eval_size)
+    task_train_images = _images(task_train)
+    vqa_train, nlvr_train, ve_train = (
+        vqa_split(data, "task_train", task_train, task_train_images),
+        nlvr_split(data, "task_train", task_train, task_train_images),
+        ve_split(data, "task_train", task_train, task_train_images),
     )
 
+    def scored_on(split_name: str) -> TaskSets:
+        split = world_split(data, split_name, data.eval_size)
+        images = _images(split)
+        return TaskSets(
+            zeroshot=[zeroshot_task(split, images), colour_zeroshot_task(split, images)],
+            retrieval=retrieval_task(split, images),
+            probes=probe_tasks(task_train, split, task_train_images, images),
+            vqa=VQATask(vqa_train, vqa_split(data, split_name, split, images), list(ANSWER_VOCAB)),
+            nlvr=NLVRTask(nlvr_train, nlvr_split(data, split_name, split, images)),
+            ve=VETask(ve_train, ve_split(data, split_name, split, images)),
+        )
 
-def zeroshot_task(test: WorldSplit) -> ZeroShotTask:
+    tasks = scored_on("test")
+    tasks.validation = scored_on("validation")
+    return tasks
+
+
+def zeroshot_task(split: WorldSplit, images: torch.Tensor) -> ZeroShotTask:
     return ZeroShotTask(name="synthetic_shapes", classnames=list(SHAPES), templates=list(ZEROSHOT_TEMPLATES),
-                        images=_images(test), labels=torch.from_numpy(test.scenes.label.copy()))
+                        images=images, labels=torch.from_numpy(split.scenes.label.copy()))
 
 
-def colour_zeroshot_task(test: WorldSplit) -> ZeroShotTask:
+def colour_zeroshot_task(split: WorldSplit, images: torch.Tensor) -> ZeroShotTask:
     return ZeroShotTask(name="synthetic_colours", classnames=list(COLOURS), templates=list(COLOUR_TEMPLATES),
-                        images=_images(test), labels=torch.from_numpy(test.scenes.colour[:, -1].copy()))
+                        images=images, labels=torch.from_numpy(split.scenes.colour[:, -1].copy()))
 
 
-def retrieval_task(test: WorldSplit) -> RetrievalTask:
-    captions = [c for k in range(NUM_RETRIEVAL_PARAPHRASES) for c in scene_captions(test.scenes, k)]
-    caption_to_image = torch.arange(len(test)).repeat(NUM_RETRIEVAL_PARAPHRASES)
-    return RetrievalTask(images=_images(test), captions=captions, caption_to_image=caption_to_image)
+def retrieval_task(split: WorldSplit, images: torch.Tensor) -> RetrievalTask:
+    captions = [c for k in range(NUM_RETRIEVAL_PARAPHRASES) for c in scene_captions(split.scenes, k)]
+    caption_to_image = torch.arange(len(split)).repeat(NUM_RETRIEVAL_PARAPHRASES)
+    return RetrievalTask(images=images, captions=captions, caption_to_image=caption_to_image)
 
 
-def probe_tasks(train: WorldSplit, test: WorldSplit) -> list[ProbeTask]:
-    train_images, test_images = _images(train), _images(test)
+def probe_tasks(train: WorldSplit, test: WorldSplit, train_images: torch.Tensor,
+                test_images: torch.Tensor) -> list[ProbeTask]:
     train_attributes, test_attributes = train.scenes.attributes(), test.scenes.attributes()
+    train_captions, test_captions = list(train.captions), list(test.captions)
     return [
-        ProbeTask(name=name, kind=kind, train_images=train_images, train_captions=list(train.captions),
+        ProbeTask(name=name, kind=kind, train_images=train_images, train_captions=train_captions,
                   train_labels=torch.from_numpy(train_attributes[attribute].copy()),
-                  test_images=test_images, test_captions=list(test.captions),
+                  test_images=test_images, test_captions=test_captions,
                   test_labels=torch.from_numpy(test_attributes[attribute].copy()), num_classes=num_classes)
         for name, attribute, kind, num_classes in PROBES
     ]
@@ -132,14 +148,14 @@ def _main_words(scenes: Scenes, i: int) -> dict[str, str]:
             "count": COUNT_WORDS[scenes.num_objects[i] - 1]}
 
 
-def vqa_split(data: DataConfig, split_name: str, split: WorldSplit) -> VQASplit:
+def vqa_split(data: DataConfig, split_name: str, split: WorldSplit, images: torch.Tensor) -> VQASplit:
     rng, scenes = _task_rng(data, split_name, 0), split.scenes
     questions, answers = [], []
     for i, kind in enumerate(rng.integers(len(VQA_QUESTIONS), size=len(split))):
         words = _main_words(scenes, i)
         questions.append(VQA_QUESTIONS[kind].format(**words))
         answers.append(ANSWER_VOCAB.index(words[("colour", "shape", "count", "size")[kind]]))
-    return VQASplit(images=_images(split), questions=questions, answers=torch.tensor(answers))
+    return VQASplit(images=images, questions=questions, answers=torch.tensor(answers))
 
 
 def _objects(scenes: Scenes, i: int) -> set[tuple[int, int]]:
@@ -170,12 +186,12 @@ def _nlvr_statement(rng: np.random.Generator, scenes: Scenes, left: int, right: 
     return NLVR_STATEMENTS[3].format(**words), bool(scenes.radius[left, -1] > scenes.radius[right, -1])
 
 
-def nlvr_split(data: DataConfig, split_name: str, split: WorldSplit) -> NLVRSplit:
+def nlvr_split(data: DataConfig, split_name: str, split: WorldSplit, images: torch.Tensor) -> NLVRSplit:
     rng = _task_rng(data, split_name, 1)
     left = np.arange(len(split))
     right = rng.permutation(len(split))
     pairs = [_nlvr_statement(rng, split.scenes, int(a), int(b)) for a, b in zip(left, right, strict=True)]
-    return NLVRSplit(images_left=_images(split), images_right=_images(split, right),
+    return NLVRSplit(images_left=images, images_right=images[torch.from_numpy(right)],
                      statements=[s for s, _ in pairs], labels=torch.tensor([int(t) for _, t in pairs]))
 
 
@@ -192,8 +208,8 @@ def _ve_hypothesis(rng: np.random.Generator, scenes: Scenes, i: int, label: int)
     return VE_HYPOTHESES[1].format(count=COUNT_WORDS[count])
 
 
-def ve_split(data: DataConfig, split_name: str, split: WorldSplit) -> VESplit:
+def ve_split(data: DataConfig, split_name: str, split: WorldSplit, images: torch.Tensor) -> VESplit:
     rng = _task_rng(data, split_name, 2)
     labels = rng.integers(3, size=len(split))
     hypotheses = [_ve_hypothesis(rng, split.scenes, i, int(label)) for i, label in enumerate(labels)]
-    return VESplit(images=_images(split), hypotheses=hypotheses, labels=torch.from_numpy(labels))
+    return VESplit(images=images, hypotheses=hypotheses, labels=torch.from_numpy(labels))
