@@ -1,5 +1,5 @@
 """The information-gap section: does alignment pressure remove modality-specific information, and do
-the regularizers give some of it back? (Theorem 3.1 of the paper; see ../shared/paper.md.)
+the regularizers give some of it back? (Theorem 3.1 of the paper; see docs/regularizers.md.)
 
 Two families of paired comparisons, each at one information gap and paired over seeds:
 - pressure: alignment weight a > 0 against a = 0, neither with other regularizers;

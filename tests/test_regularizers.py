@@ -1,4 +1,4 @@
-"""The regularizers against naive double-loop transcriptions of shared/paper.md, and the loss module."""
+"""The regularizers against naive double-loop transcriptions of docs/regularizers.md, and the loss module."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The paper's latent-modality-structure regularizers (shared/paper.md), and the loss module.
+"""The paper's latent-modality-structure regularizers (docs/regularizers.md), and the loss module.
 
 Functional forms take L2-normalized `[N, D]` features of any float dtype and return a float32
 (or float64, for float64 inputs) scalar; they compute in float32 or wider even under autocast.
@@ -144,7 +144,7 @@ def _row_dot(x: Tensor, y: Tensor) -> Tensor:
 def geometric_consistency_loss(
     v: Tensor, t: Tensor, v_aug: Tensor | None = None, t_aug: Tensor | None = None
 ) -> Tensor:
-    """L_GC, plus L^a_GC when both augmented views are given (paper.md, "Geometric consistency")."""
+    """L_GC, plus L^a_GC when both augmented views are given (docs/regularizers.md, "Geometric consistency")."""
     _check_features("geometric_consistency_loss", v=v, t=t, v_aug=v_aug, t_aug=t_aug)
     with _full_precision(v):
         v, t, v_aug, t_aug = _wide(v), _wide(t), _wide(v_aug), _wide(t_aug)

@@ -2,7 +2,7 @@
 plus the paper's latent-structure regularizers on the unimodal projected [CLS] features.
 
 Follows salesforce/ALBEF models/model_pretrain.py; the regularizers' augmented views are the
-momentum encoders' projected features (shared/paper.md, "Where they attach").
+momentum encoders' projected features (docs/regularizers.md, "Where the terms attach").
 """
 
 from __future__ import annotations

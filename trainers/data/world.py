@@ -1,4 +1,4 @@
-"""The synthetic image-caption world with an information gap (paper.md, Theorem 3.1).
+"""The synthetic image-caption world with an information gap (docs/regularizers.md, Theorem 3.1).
 
 A scene holds 1-3 objects. The *main* object (the largest, drawn last) carries the shared label:
 its shape is the zero-shot class. Each modality also carries information the other lacks:
