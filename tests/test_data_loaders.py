@@ -20,6 +20,7 @@ from trainers.data import (
     load_albef_ve_json,
     load_albef_vqa_json,
 )
+from trainers.data.pretrain import WebDatasetPretrain, shard_urls
 
 
 def _png(path, colour, size=(40, 30)):
@@ -89,13 +90,84 @@ def test_webdataset_skips_and_counts_a_corrupt_image(tmp_path, images):
         for key, image, caption in [("a", "red.png", "red"), ("b", "broken.png", "broken"), ("c", "blue.png", "blue")]:
             _tar_member(tar, f"{key}.png", (images / image).read_bytes())
             _tar_member(tar, f"{key}.txt", caption.encode())
-    dataset = build_pretrain_dataset(DataConfig(dataset="webdataset", path=str(shard), image_size=16), augment=True)
-    items = list(dataset)
-    assert [item["caption"] for item in items] == ["red", "blue"]
+    data = DataConfig(dataset="webdataset", path=str(shard), image_size=16, max_skipped_fraction=0.5)
+    dataset = build_pretrain_dataset(data, augment=True)
+    items = list(dataset)  # no epoch length known: one pass
+    assert sorted(item["caption"] for item in items) == ["blue", "red"]
     assert dataset.num_corrupt == 1
-    assert items[1]["image"][2].float().mean() > 250 and items[0]["image_aug"].shape == (3, 16, 16)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=0)
-    assert next(iter(loader))["image"].shape == (2, 3, 16, 16)
+    blue = next(item for item in items if item["caption"] == "blue")
+    assert blue["image"][2].float().mean() > 250 and items[0]["image_aug"].shape == (3, 16, 16)
+    with pytest.raises(ValueError, match="shard-000.tar:b: 1 of 3 samples read were skipped.*max_skipped_fraction"):
+        list(build_pretrain_dataset(data.model_copy(update={"max_skipped_fraction": 0.1})))
+
+
+def _shards(folder, num_shards: int, per_shard: int, image_ext: str = "jpg", caption_ext: str = "txt") -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    for shard in range(num_shards):
+        with tarfile.open(folder / f"shard-{shard:03d}.tar", "w") as tar:
+            for i in range(per_shard):
+                payload = io.BytesIO()
+                Image.new("RGB", (20, 20), (shard * 40, i * 10, 0)).save(payload, "PNG")
+                _tar_member(tar, f"s{shard}_{i:03d}.{image_ext}", payload.getvalue())
+                _tar_member(tar, f"s{shard}_{i:03d}.{caption_ext}", f"shard {shard} item {i}".encode())
+    return str(folder / f"shard-{{000..{num_shards - 1:03d}}}.tar")
+
+
+@pytest.mark.parametrize("loader_workers", [0, 2])
+def test_webdataset_epoch_is_split_disjointly_and_evenly_among_ranks_and_loader_workers(tmp_path, loader_workers):
+    """Each of 2 ranks x L loader workers reads its own shards; every rank gets the same number of batches."""
+    path = _shards(tmp_path / "shards", num_shards=4, per_shard=10, image_ext="image", caption_ext="caption")
+    data = DataConfig(dataset="webdataset", path=path, image_key="image", caption_key="caption", image_size=16,
+                      samples_per_epoch=30, num_loader_workers=loader_workers)
+    captions_per_rank = []
+    for rank in (0, 1):
+        # what a 2-worker process group gives (read from torch.distributed when not given)
+        dataset = WebDatasetPretrain(shard_urls(path), data, augment=False, batch_size=4, shuffle_seed=3,
+                                     rank_and_world_size=(rank, 2))
+        loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=loader_workers, drop_last=True,
+                                             collate_fn=lambda items: [item["caption"] for item in items])
+        batches = list(loader)
+        assert len(batches) == len(loader)  # the loop sizes its schedule from len(loader)
+        captions_per_rank.append([caption for batch in batches for caption in batch])
+    # 30 samples over 2 ranks x L readers, in whole batches of 4: 15 -> 12 (L = 1), 7 -> 4 per reader (L = 2)
+    assert len(captions_per_rank[0]) == len(captions_per_rank[1]) == {0: 12, 2: 8}[loader_workers]
+    shards_per_rank = [{caption.split()[1] for caption in captions} for captions in captions_per_rank]
+    assert not shards_per_rank[0] & shards_per_rank[1]
+    assert all(len(set(captions)) == len(captions) for captions in captions_per_rank)
+
+
+def test_webdataset_epoch_length_from_sizes_json_cycles_and_reshuffles(tmp_path):
+    path = _shards(tmp_path / "shards", num_shards=2, per_shard=5)
+    (tmp_path / "shards" / "sizes.json").write_text(json.dumps({"shard-000.tar": 5, "shard-001.tar": 5}))
+    dataset = build_pretrain_dataset(DataConfig(dataset="webdataset", path=path, image_size=16, num_loader_workers=0))
+    assert len(dataset) == 10
+    first = [item["caption"] for item in dataset]
+    dataset.set_epoch(1)
+    second = [item["caption"] for item in dataset]
+    assert sorted(first) == sorted(second) and first != second and len(set(first)) == 10
+    short = build_pretrain_dataset(DataConfig(dataset="webdataset", path=path, image_size=16, num_loader_workers=0,
+                                              samples_per_epoch=25))
+    assert len([item for item in short]) == 25  # a stream cycles over its shards to fill the epoch
+
+
+def test_webdataset_truncated_shard_is_skipped_and_counted(tmp_path):
+    path = _shards(tmp_path / "shards", num_shards=2, per_shard=8)
+    good = (tmp_path / "shards" / "shard-001.tar").read_bytes()
+    (tmp_path / "shards" / "shard-001.tar").write_bytes(good[:10_000])  # inside a member's data
+    dataset = build_pretrain_dataset(DataConfig(dataset="webdataset", path=path, image_size=16, num_loader_workers=0,
+                                                max_skipped_fraction=0.5))
+    captions = [item["caption"] for item in dataset]
+    assert dataset.num_corrupt == 1 and 8 <= len(captions) < 16
+    assert {caption.split()[1] for caption in captions} == {"0", "1"}
+
+
+def test_webdataset_refuses_fewer_shards_than_readers_and_an_unknown_epoch(tmp_path):
+    path = _shards(tmp_path / "shards", num_shards=2, per_shard=4)
+    with pytest.raises(ValueError, match="2 shard.* cannot be split among 1 Ray Train worker.* x 4 loader"):
+        build_pretrain_dataset(DataConfig(dataset="webdataset", path=path, samples_per_epoch=8, num_loader_workers=4))
+    dataset = build_pretrain_dataset(DataConfig(dataset="webdataset", path=path))
+    with pytest.raises(TypeError, match="data.samples_per_epoch: required"):
+        len(dataset)
 
 
 def test_coco_json_pretraining_and_retrieval(tmp_path, images):

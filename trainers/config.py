@@ -54,6 +54,8 @@ class DataConfig(_Strict):
     cache_dir: str | None = None
     # real data (paths are checked to exist at validation time)
     path: str | None = None
+    # CSV/TSV columns, or WebDataset member extensions ("jpg;png": the first present); the default
+    # depends on the data set: filepath / title (open_clip's CSV), jpg;jpeg;png;webp / txt (WebDataset)
     image_key: str = "filepath"
     caption_key: str = "title"
     separator: str = "\t"
@@ -66,6 +68,19 @@ class DataConfig(_Strict):
     ] = Field(default_factory=dict)
     vocab_file: str | None = None
     num_loader_workers: int = Field(1, ge=0)
+    # WebDataset: samples in one epoch of the stream (open_clip's --train-num-samples); default:
+    # the count in a sizes.json beside the shards
+    samples_per_epoch: int | None = Field(None, ge=1)
+    # a loader worker that skips more than this fraction of the samples it read (undecodable
+    # images, truncated shards) fails the run
+    max_skipped_fraction: float = Field(0.01, ge=0.0, le=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _webdataset_member_defaults(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("dataset") == "webdataset":
+            values = {"image_key": "jpg;jpeg;png;webp", "caption_key": "txt", **values}
+        return values
 
     @model_validator(mode="after")
     def _real_data_needs_path(self) -> DataConfig:

@@ -85,7 +85,11 @@ def input_error_of(exc: BaseException) -> ValueError | None:
 def check_data(cfg: RunConfig) -> None:
     """Read a real data set's index (CSV columns, annotation files) here, before Ray starts, so that
     bad input fails fast in one line rather than inside a worker."""
-    if cfg.data.dataset != "synthetic":
+    if cfg.data.dataset == "webdataset":
+        from trainers.data.pretrain import check_webdataset
+
+        check_webdataset(cfg.data, cfg.resources.num_workers, cfg.train.batch_size)
+    elif cfg.data.dataset != "synthetic":
         from trainers.family import get_family
 
         get_family(cfg.model.family).build_train_dataset(cfg)

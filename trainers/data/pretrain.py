@@ -6,12 +6,16 @@ Items are dicts {"image": uint8 (3, H, W), "caption": str, "index": int}, plus "
 
 from __future__ import annotations
 
+import json
 import logging
+import tarfile
 from collections.abc import Iterator
+from itertools import count, islice
 from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 import webdataset as wds
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
@@ -104,55 +108,219 @@ def read_albef_caption_rows(path: str, image_root: str | None) -> list[tuple[Pat
     return rows
 
 
+def shard_urls(path: str) -> list[str]:
+    """The shards of `data.path`: a brace pattern, `::`-separated list, local paths or URLs."""
+    return list(wds.shardlists.expand_urls(path))
+
+
+def known_sample_count(urls: list[str]) -> int | None:
+    """The shards' sample count from a `sizes.json` beside them ({shard file name: count}, as
+    open_clip's `--train-data` reads it), or None when there is none or it does not cover every shard."""
+    folders = {str(Path(url).parent) for url in urls if "://" not in url}
+    if len(folders) != 1:
+        return None
+    sizes_file = Path(folders.pop()) / "sizes.json"
+    if not sizes_file.is_file():
+        return None
+    try:
+        sizes = json.loads(sizes_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{sizes_file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(sizes, dict):
+        raise ValueError(f"{sizes_file}: expected a JSON object {{shard file name: sample count}}")
+    names = [Path(url).name for url in urls]
+    missing = [name for name in names if name not in sizes]
+    if missing:
+        raise ValueError(f"{sizes_file}: no sample count for shard {missing[0]}")
+    return sum(int(sizes[name]) for name in names)
+
+
+def _distributed_position() -> tuple[int, int]:
+    """(rank, world size) of this Ray Train worker; (0, 1) outside torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _SplitByRank:
+    """webdataset node splitter with the rank fixed when the data set was built (in the Ray Train
+    worker), so DataLoader worker processes need no process group of their own."""
+
+    def __init__(self, rank: int, world_size: int):
+        self.rank, self.world_size = rank, world_size
+
+    def __call__(self, shards: Iterator[dict]) -> Iterator[dict]:
+        yield from islice(shards, self.rank, None, self.world_size)
+
+
 class WebDatasetPretrain(IterableDataset):
-    """Image + txt samples from tar shards; a sample whose image does not decode is skipped and counted."""
+    """Image-caption samples from WebDataset tar shards (`data.image_key` / `data.caption_key` members).
 
-    IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+    An epoch is `data.samples_per_epoch` samples (else the shards' count from `sizes.json`), as
+    open_clip's `--train-num-samples`: each of W Ray Train workers × L DataLoader workers reads a
+    disjoint share of the shards (shuffled per epoch with the same seed on every rank, then split
+    by rank and by loader worker) and yields exactly its share of the epoch, cycling over its shards
+    if they run out, so that every rank runs the same number of steps (DDP would hang otherwise).
+    A sample that does not decode, or the rest of a truncated shard, is skipped with a warning and
+    counted; a loader worker that skips more than `data.max_skipped_fraction` of what it read fails
+    with a message naming the fraction and the last bad shard.
+    """
 
-    def __init__(self, urls: str | list[str], data: DataConfig, augment: bool):
+    def __init__(self, urls: list[str], data: DataConfig, augment: bool, batch_size: int | None = None,
+                 shuffle_seed: int = 0, rank_and_world_size: tuple[int, int] | None = None):
         self.urls = urls
         self.image_size = data.image_size
+        self.image_key, self.caption_key = data.image_key, data.caption_key
+        self.max_skipped_fraction = data.max_skipped_fraction
         self.views = _Views(data.image_size, augment, data.world_seed)
+        self.shuffle_seed = shuffle_seed
+        self.rank, self.world_size = rank_and_world_size or _distributed_position()
+        self.loader_workers = max(1, data.num_loader_workers)
+        self.samples_per_epoch = data.samples_per_epoch or known_sample_count(urls)
+        self.per_loader_worker = None  # None: one pass over the shards (preview, tokenizer training)
+        if self.samples_per_epoch is not None:
+            self.per_loader_worker = check_epoch_split(len(urls), self.samples_per_epoch, self.world_size,
+                                                       self.loader_workers, batch_size)
         self.num_corrupt = 0  # per process: each DataLoader worker counts its own shards
+        self.num_read = 0
+
+    def __len__(self) -> int:
+        """Samples this rank yields per epoch (the loop sizes its schedule from it)."""
+        if self.per_loader_worker is None:
+            # TypeError, as for any unsized iterable (list() then just iterates); validation catches it before Ray
+            raise TypeError("data.samples_per_epoch: required for WebDataset shards without a sizes.json "
+                             "beside them (the length of an epoch of a stream)")
+        return self.per_loader_worker * self.loader_workers
 
     def set_epoch(self, epoch: int) -> None:
         self.views.set_epoch(epoch)
 
-    def __iter__(self) -> Iterator[Item]:
-        shards = wds.WebDataset(self.urls, shardshuffle=False, empty_check=False,
-                                workersplitter=wds.split_by_worker)
-        worker = get_worker_info()
-        offset = 0 if worker is None else worker.id * 1_000_000_000  # distinct indices for view seeds
-        for position, sample in enumerate(shards):
-            item = self._decode(sample, offset + position)
-            if item is not None:
-                yield item
+    def _pipeline(self, reader: int, pass_number: int) -> wds.DataPipeline:
+        epoch_seed = self.shuffle_seed * 100_003 + self.views.epoch
+        return wds.DataPipeline(
+            # the same permutation on every rank (seed and epoch), so the split below stays disjoint
+            wds.SimpleShardList(self.urls, seed=epoch_seed),
+            _SplitByRank(self.rank, self.world_size),
+            wds.split_by_worker,
+            wds.tarfile_to_samples(handler=self._skip_and_continue),
+            # samples mixed across this reader's open shards, as open_clip's _SHARD_SHUFFLE buffer
+            wds.shuffle(1000, initial=100, seed=(epoch_seed * 1_000_003 + reader) * 101 + pass_number),
+        )
 
-    def _decode(self, sample: dict, index: int) -> Item | None:
+    def __iter__(self) -> Iterator[Item]:
+        worker = get_worker_info()
+        worker_id = 0 if worker is None else worker.id
+        reader = self.rank * self.loader_workers + worker_id
+        offset = reader * 1_000_000_000  # distinct indices for view seeds
+        items = (item for item in self._passes(worker_id, reader) if item is not None)
+        for position, (image, caption) in enumerate(islice(items, self.per_loader_worker)):
+            yield self.views.item(offset + position, image, caption)
+
+    def _passes(self, worker_id: int, reader: int) -> Iterator[tuple[torch.Tensor, str] | None]:
+        """Decoded samples, pass after pass over this worker's shards while an epoch asks for more."""
+        for pass_number in count():
+            read_before = self.num_read
+            for sample in self._pipeline(reader, pass_number):
+                self.num_read += 1
+                yield self._decode(sample)
+            self._check_skipped()
+            if self.num_read == read_before:
+                raise ValueError(f"{self._where_shards()}: Ray Train worker {self.rank}, loader worker {worker_id} "
+                                 f"read no sample from its {len(self.urls) // (self.world_size * self.loader_workers)}"
+                                 " shard(s)")
+            if self.per_loader_worker is None:
+                return
+
+    def _where_shards(self) -> str:
+        return self.urls[0] if len(self.urls) == 1 else f"{self.urls[0]} … {self.urls[-1]}"
+
+    def _decode(self, sample: dict) -> tuple[torch.Tensor, str] | None:
         where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
-        extension = next((e for e in self.IMAGE_EXTENSIONS if e in sample), None)
-        if extension is None or "txt" not in sample:
-            self._skip(where, "missing image or txt member")
+        # "jpg;png": the first member present, as open_clip's --csv-img-key / webdataset's to_tuple
+        image_key = next((key for key in self.image_key.split(";") if key in sample), self.image_key)
+        missing = [f"{key!r} (data.{name})" for key, name, present in
+                   ((self.image_key, "image_key", image_key in sample),
+                    (self.caption_key, "caption_key", self.caption_key in sample)) if not present]
+        if missing:
+            members = ", ".join(k for k in sample if not k.startswith("__"))
+            self._skip(where, f"no {' or '.join(missing)} member; it has {members}")
             return None
         try:
-            image = decode_image_bytes(sample[extension], self.image_size)
-        except ValueError as exc:
+            image = decode_image_bytes(sample[image_key], self.image_size)
+            caption = sample[self.caption_key].decode("utf-8").strip()
+        except (ValueError, UnicodeDecodeError) as exc:
             self._skip(where, str(exc))
             return None
-        return self.views.item(index, image, sample["txt"].decode("utf-8").strip())
+        return image, caption
+
+    def _skip_and_continue(self, exc: Exception) -> bool:
+        """webdataset's handler (as `wds.warn_and_continue`), counting: a truncated or unreadable shard."""
+        # webdataset appends the shard's url to the exception's args
+        where = str(exc.args[-1]) if exc.args else "?"
+        self._skip(where, f"{type(exc).__name__}: {exc.args[0] if exc.args else exc}; the rest of the shard is skipped")
+        return True
 
     def _skip(self, where: str, reason: str) -> None:
         self.num_corrupt += 1
+        self.last_skipped = where
         logger.warning("skipping sample %s: %s (%d skipped so far)", where, reason, self.num_corrupt)
+        if self.num_read >= 100:
+            self._check_skipped()
+
+    def _check_skipped(self) -> None:
+        if self.num_read and self.num_corrupt / self.num_read > self.max_skipped_fraction:
+            raise ValueError(f"{self.last_skipped}: {self.num_corrupt} of {self.num_read} samples read were skipped "
+                             f"as unreadable, more than data.max_skipped_fraction = {self.max_skipped_fraction}")
 
 
-def build_pretrain_dataset(data: DataConfig, split: str = "train", augment: bool = False) -> Dataset:
-    """The pre-training set of `data`. Real data sets ignore `split` (their files are the split)."""
+def check_webdataset(data: DataConfig, world_size: int, batch_size: int) -> None:
+    """Before Ray starts: every local shard exists and is a tar file, the epoch length is known, and
+    the shards and samples can be shared out among `world_size` Ray Train workers' loader workers."""
+    urls = shard_urls(data.path)
+    for url in urls:
+        if "://" in url:
+            continue
+        if not Path(url).is_file():
+            raise ValueError(f"data.path: shard {url} does not exist")
+        if not tarfile.is_tarfile(url):
+            raise ValueError(f"data.path: shard {url} is not a tar file")
+    samples = data.samples_per_epoch or known_sample_count(urls)
+    if samples is None:
+        raise ValueError("data.samples_per_epoch: required for WebDataset shards without a sizes.json beside them "
+                         "(the number of samples in one epoch of the stream, as open_clip's --train-num-samples)")
+    check_epoch_split(len(urls), samples, world_size, max(1, data.num_loader_workers), batch_size)
+
+
+def check_epoch_split(num_shards: int, samples_per_epoch: int, world_size: int, loader_workers: int,
+                      batch_size: int | None) -> int:
+    """Samples each DataLoader worker yields per epoch; raises when the shards or samples cannot be
+    shared out (every worker needs at least one shard and one batch)."""
+    readers = world_size * loader_workers
+    if num_shards < readers:
+        raise ValueError(f"data.path: {num_shards} shard(s) cannot be split among {world_size} Ray Train worker(s) "
+                         f"x {loader_workers} loader worker(s); give at least {readers} shards or fewer workers")
+    per_worker = samples_per_epoch // readers
+    if batch_size is not None:
+        per_worker = per_worker // batch_size * batch_size
+        if per_worker == 0:
+            raise ValueError(f"data.samples_per_epoch: {samples_per_epoch} samples give less than one batch of "
+                             f"{batch_size} to each of {world_size} Ray Train worker(s) x {loader_workers} "
+                             "loader worker(s)")
+    elif per_worker == 0:
+        raise ValueError(f"data.samples_per_epoch: {samples_per_epoch} is fewer than the {readers} readers")
+    return per_worker
+
+
+def build_pretrain_dataset(data: DataConfig, split: str = "train", augment: bool = False,
+                           batch_size: int | None = None, shuffle_seed: int = 0) -> Dataset:
+    """The pre-training set of `data`. Real data sets ignore `split` (their files are the split).
+    `batch_size` (per worker) makes a WebDataset epoch a whole number of batches on every worker;
+    `shuffle_seed` seeds its per-epoch shard order."""
     if data.dataset == "synthetic":
         return SyntheticPretrainDataset(data, split, augment)
-    paths = [p for p in (data.path or "").split("::") if p]
     if data.dataset == "webdataset":
-        return WebDatasetPretrain(paths if len(paths) > 1 else paths[0], data, augment)
+        return WebDatasetPretrain(shard_urls(data.path), data, augment, batch_size, shuffle_seed)
+    paths = [p for p in (data.path or "").split("::") if p]
     if data.dataset == "csv":
         rows = [row for path in paths for row in read_csv_rows(path, data)]
     else:  # coco_json
