@@ -4,6 +4,7 @@ import io
 import json
 import pickle
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -209,41 +210,99 @@ def test_albef_vqa_nlvr_ve(tmp_path, images):
     assert task.train.labels.tolist() == [0, 2] and task.train.images[1][1].float().mean() > 240
 
 
-def _write_cifar10(root, num_train=20, num_test=10):
-    folder = root / "cifar-10-batches-py"
+def _write_cifar(root, kind="cifar10", num_train=20, num_test=20, names=None):
+    """torchvision's CIFAR pickle layout; image of label k is grey level 2 * k (plus noise)."""
+    folder = root / ("cifar-10-batches-py" if kind == "cifar10" else "cifar-100-python")
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
+    num_classes = 10 if kind == "cifar10" else 100
+    label_key = "labels" if kind == "cifar10" else "fine_labels"
 
     def batch(count, offset):
-        labels = [(i + offset) % 10 for i in range(count)]
-        data = np.stack([np.full(3072, 20 * label, dtype=np.uint8) for label in labels])
-        return {"data": data + rng.integers(0, 3, data.shape, dtype=np.uint8), "labels": labels}
+        labels = [(i + offset) % num_classes for i in range(count)]
+        data = np.stack([np.full(3072, 2 * label, dtype=np.uint8) for label in labels])
+        return {"data": data + rng.integers(0, 2, data.shape, dtype=np.uint8), label_key: labels}
 
-    for i in range(1, 6):
-        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch(num_train // 5, i)))
-    (folder / "test_batch").write_bytes(pickle.dumps(batch(num_test, 0)))
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+    if kind == "cifar10":
+        for i in range(1, 6):
+            (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch(num_train // 5, i)))
+        (folder / "test_batch").write_bytes(pickle.dumps(batch(num_test, 0)))
+        names = names or ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+        (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+    else:
+        (folder / "train").write_bytes(pickle.dumps(batch(num_train, 1)))
+        (folder / "test").write_bytes(pickle.dumps(batch(num_test, 0)))
+        (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": names}))
 
 
-def test_zeroshot_from_cifar10_root_and_a_folder(tmp_path, images):
-    _write_cifar10(tmp_path / "cifar")
-    for class_name, colour in [("cats", (200, 0, 0)), ("dogs", (0, 0, 200))]:
-        for i in range(3):
-            _png(tmp_path / "folder" / class_name / f"{i}.png", colour)
-    (tmp_path / "names.txt").write_text("cat\ndog\n")
-    entries = [f"cifar10:{tmp_path / 'cifar'}", f"folder:{tmp_path / 'folder'}::{tmp_path / 'names.txt'}"]
-    data = DataConfig(dataset="csv", path=str(_csv(tmp_path, ["red.png\tx"])), image_size=32, eval_size=16,
-                      zeroshot=entries)
+def _real(tmp_path, **fields) -> DataConfig:
+    """A real-data configuration (a one-row TSV to train on) with the evaluation sets in `fields`."""
+    return DataConfig(dataset="csv", path=str(_csv(tmp_path, ["red.png\tx"])), **fields)
+
+
+def test_cifar_zeroshot_uses_clip_class_names_and_templates_and_splits_test_and_validation(tmp_path):
+    _write_cifar(tmp_path / "cifar", num_test=40)
+    data = _real(tmp_path, image_size=32, zeroshot=[f"cifar10:{tmp_path / 'cifar'}"])
     sets = build_task_sets(data)
-    cifar, folder = sets.zeroshot
-    assert cifar.name == "cifar10" and cifar.classnames[0] == "airplane" and cifar.images.shape == (10, 3, 32, 32)
-    assert cifar.labels.tolist() == list(range(10)) and all("{}" in t for t in cifar.templates)
-    assert cifar.images[3].float().mean() == pytest.approx(60, abs=2)  # label 3 was drawn as grey level 60
-    assert folder.classnames == ["cat", "dog"] and folder.labels.tolist() == [0, 0, 0, 1, 1, 1]
-    probes = {p.name: p for p in sets.probes}
-    assert len(probes["cifar10"].train_labels) == 16 and probes["cifar10"].train_captions == []
-    assert sets.retrieval is None and sets.vqa is None
+    (test,), (validation,) = sets.zeroshot, sets.validation.zeroshot
+    assert test.classnames[0] == "airplane" and len(test.templates) == 18 and "a photo of the big {}." in test.templates
+    # the full test set (no eval_limit): 40 images, per class 2 to test and 2 to validation
+    assert len(test.labels) == len(validation.labels) == 20
+    assert sorted(test.labels.tolist()) == sorted(validation.labels.tolist()) == sorted(list(range(10)) * 2)
+    grey = test.images.float().mean(dim=(1, 2, 3))
+    assert torch.allclose(grey, 2 * test.labels.float(), atol=1)  # labels stay with their images
+    probe, validation_probe = sets.probes[0], sets.validation.probes[0]
+    assert len(probe.train_labels) == 20 and validation_probe.train_images is probe.train_images
+    limited = build_task_sets(data.model_copy(update={"eval_limit": 20}))
+    assert len(limited.zeroshot[0].labels) + len(limited.validation.zeroshot[0].labels) == 20
+
+    # CIFAR-100's stored names (aquarium_fish) become CLIP's cleaned names, matched by name
+    raw = list(json.loads((Path(__file__).parents[1] / "trainers/data/cifar_zeroshot_metadata.json")
+                                       .read_text())["cifar100"]["classnames"])
+    _write_cifar(tmp_path / "c100", kind="cifar100", num_test=200, names=raw)
+    c100 = build_task_sets(_real(tmp_path, image_size=32, zeroshot=[f"cifar100:{tmp_path / 'c100'}"])).zeroshot[0]
+    assert c100.classnames[1] == "aquarium fish" and "aquarium_fish" not in c100.classnames
+    _write_cifar(tmp_path / "wrong", names=["plane", *raw[1:10]])
+    with pytest.raises(ValueError, match=r"data.zeroshot\[0\]: cifar10:.*plane.*do not match cifar10's 10 classes"):
+        build_task_sets(_real(tmp_path, zeroshot=[f"cifar10:{tmp_path / 'wrong'}"]))
+
+
+def _digit_folder(root, class_folders):
+    """Folder-per-class images whose grey level encodes the class (10 * rank in `class_folders`)."""
+    for rank, name in enumerate(class_folders):
+        for i in range(4):
+            _png(root / name / f"{i}.png", (10 * rank,) * 3)
+
+
+def test_folder_zeroshot_matches_classes_by_name_not_position(tmp_path):
+    """Class folders sort alphabetically (eight, five, four, ...); the names file lists zero..nine."""
+    numbers = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    _digit_folder(tmp_path / "digits", numbers)
+    (tmp_path / "names.txt").write_text("".join(f"{name}\tthe number {name}\n" for name in numbers))
+    data = _real(tmp_path, image_size=16, zeroshot=[f"folder:{tmp_path / 'digits'}::{tmp_path / 'names.txt'}"])
+    sets = build_task_sets(data)
+    test, validation = sets.zeroshot[0], sets.validation.zeroshot[0]
+    assert test.name == "digits" and test.classnames[3] == "the number three"
+    for task in (test, validation):
+        grey = task.images[:, 0].float().mean(dim=(1, 2))
+        assert torch.allclose(grey, 10 * task.labels.float(), atol=1)  # the label is the folder's class
+        assert sorted(task.labels.tolist()) == sorted(list(range(10)) * 2)
+    assert sets.validation.probes == [] and torch.equal(sets.probes[0].train_images, validation.images)
+
+    (tmp_path / "wrong.txt").write_text("zero\none\ntwo\nthree\nfour\nfive\nsix\nseven\neight\nten\n")
+    with pytest.raises(ValueError, match="folders without a class: nine; classes without a folder: ten"):
+        build_task_sets(_real(tmp_path, zeroshot=[f"folder:{tmp_path / 'digits'}::{tmp_path / 'wrong.txt'}"]))
+
+
+def test_imagenet_folder_matches_synset_ids(tmp_path):
+    from trainers.data.real_tasks import imagenet_synsets
+
+    synsets = imagenet_synsets()
+    for position in (0, 1, 999):
+        for i in range(2):
+            _png(tmp_path / "val" / synsets[position] / f"{i}.png", (position // 4,) * 3)
+    with pytest.raises(ValueError, match="classes without a folder: n01484850"):
+        build_task_sets(_real(tmp_path, image_size=16, zeroshot=[f"imagenet:{tmp_path / 'val'}"]))
 
 
 def test_zeroshot_bad_entries(tmp_path):
@@ -255,6 +314,21 @@ def test_zeroshot_bad_entries(tmp_path):
         build_task_sets(data)
 
 
+def test_karpathy_retrieval_json_splits_test_and_val_and_resolves_against_its_folder(tmp_path, images):
+    document = {"images": [
+        {"filepath": "images", "filename": "red.png", "split": "test", "sentences": [{"raw": "red"}, {"raw": "rot"}]},
+        {"filepath": "images", "filename": "green.png", "split": "val", "sentences": [{"raw": "green"}]},
+        {"filepath": "images", "filename": "blue.png", "split": "train", "sentences": [{"raw": "blue"}]},
+        {"filepath": "images", "filename": "blue.png", "split": "test", "sentences": [{"raw": "blau"}]},
+    ]}
+    (tmp_path / "dataset_coco.json").write_text(json.dumps(document))
+    annotations = {"retrieval": str(tmp_path / "dataset_coco.json")}
+    sets = build_task_sets(_real(tmp_path, image_size=16, annotations=annotations))
+    assert sets.retrieval.captions == ["red", "rot", "blau"] and sets.retrieval.caption_to_image.tolist() == [0, 0, 1]
+    assert sets.validation.retrieval.captions == ["green"]
+    assert sets.validation.retrieval.images[0, 1].float().mean() > 250
+
+
 def test_config_annotations_reach_the_task_sets(tmp_path, images):
     retrieval = tmp_path / "coco_test.json"
     retrieval.write_text(json.dumps([{"image": "red.png", "caption": ["a red thing"]},
@@ -264,7 +338,8 @@ def test_config_annotations_reach_the_task_sets(tmp_path, images):
     data = DataConfig(dataset="coco_json", path=str(retrieval), image_root=str(images), image_size=16,
                       annotations={"retrieval": str(retrieval), "nlvr_train": str(nlvr), "nlvr_test": str(nlvr)})
     tasks = build_task_sets(data)
-    assert tasks.retrieval.caption_to_image.tolist() == [0, 1]
+    # no split in the file and no annotations.retrieval_val: even entries test, odd entries validation
+    assert tasks.retrieval.captions == ["a red thing"] and tasks.validation.retrieval.captions == ["a blue thing"]
     assert tasks.nlvr.train.labels.tolist() == [1] and tasks.vqa is None
     with pytest.raises(ValueError, match="annotations.ve_test: .*missing.json does not exist"):
         DataConfig(annotations={"ve_test": str(tmp_path / "missing.json")})

@@ -63,10 +63,15 @@ class DataConfig(_Strict):
     zeroshot: list[str] = Field(default_factory=list)  # e.g. ["cifar10:/data/cifar", "imagenet:/data/val"]
     # ALBEF-style JSON annotations of downstream tasks on real data (images under image_root)
     annotations: dict[
-        Literal["retrieval", "vqa_train", "vqa_test", "vqa_answers", "nlvr_train", "nlvr_test", "ve_train", "ve_test"],
+        Literal["retrieval", "retrieval_val", "vqa_train", "vqa_test", "vqa_answers", "nlvr_train", "nlvr_test",
+                "ve_train", "ve_test"],
         str,
     ] = Field(default_factory=dict)
     vocab_file: str | None = None
+    # real evaluation sets are used in full; eval_limit caps each (printed beside the paper's numbers)
+    eval_limit: int | None = Field(None, ge=2)
+    # images of a real set's training split (CIFAR) that its linear probe is fitted on
+    probe_train_size: int = Field(10000, ge=2)
     num_loader_workers: int = Field(1, ge=0)
     # WebDataset: samples in one epoch of the stream (open_clip's --train-num-samples); default:
     # the count in a sizes.json beside the shards

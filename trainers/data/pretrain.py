@@ -104,7 +104,9 @@ def read_albef_caption_rows(path: str, image_root: str | None) -> list[tuple[Pat
     rows = []
     for row, entry in enumerate(read_json_annotations(path, ("image", "caption"))):
         captions = entry["caption"] if isinstance(entry["caption"], list) else [entry["caption"]]
-        rows += [(resolve(entry["image"], image_root), caption, f"{path}:entry {row}") for caption in captions]
+        # relative paths resolve against image_root, else the JSON's folder (as a CSV's do)
+        root = image_root if image_root is not None else Path(path).parent
+        rows += [(resolve(entry["image"], root), caption, f"{path}:entry {row}") for caption in captions]
     return rows
 
 

@@ -1,9 +1,23 @@
 """Downstream task sets from real data: zero-shot sets and ALBEF-style JSON annotations.
 
 Zero-shot entries (DataConfig.zeroshot): "cifar10:/root", "cifar100:/root" (torchvision's pickle
-layout, never downloaded), "imagenet:/path/to/val" (an ImageFolder of synset folders) and
-"folder:/path/to/images::/path/to/classnames.txt". Class names and prompt templates come from
-open_clip's zero-shot metadata. Every set is subsampled to DataConfig.eval_size images.
+layout, never downloaded), "imagenet:/path/to/val" (an ImageFolder of WordNet synset folders) and
+"folder:/path/to/images::/path/to/classnames.txt". Classes are matched by name, never by position:
+CIFAR's by the names in its own meta file, ImageNet's by synset id (timm's synset list, in the
+order of open_clip's cleaned class names), a folder's by folder name (a class-names line is
+`folder name` or `folder name<TAB>prompt name`); a mismatch is an error naming both sides.
+Prompts: CLIP's published templates and cleaned class names (open_clip's for ImageNet;
+cifar_zeroshot_metadata.json for CIFAR-10/100, from CLIP's data/prompts.md).
+
+Evaluation sets are used in full unless `data.eval_limit` caps each one (evenly spaced, every
+class kept). Validation (`TaskSets.validation`, the split that selects hyperparameters): a data
+set's own validation split where its format has one (Karpathy-style retrieval JSON entries with
+"split": "val" next to "test", or `annotations.retrieval_val`); otherwise a deterministic,
+class-stratified half of the evaluation set (per class, in file order: even positions test, odd
+positions validation; for retrieval without classes, even and odd images). Linear probes train on
+CIFAR's training split (at most `data.probe_train_size` images); sets without a training split
+(ImageNet val, folders) train their probe on the validation half and test it on the test half,
+and have no validation probe (it would be scored on its own training images).
 """
 
 from __future__ import annotations
@@ -11,6 +25,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +52,28 @@ from trainers.data.tasks import (
 )
 
 logger = logging.getLogger(__name__)
+CIFAR_METADATA_FILE = Path(__file__).with_name("cifar_zeroshot_metadata.json")
 
 
 def _templates(lambdas) -> list[str]:
     return [template("{}") for template in lambdas]  # open_clip's templates are f-string lambdas
+
+
+@cache
+def cifar_metadata(kind: str) -> tuple[dict[str, str], list[str]]:
+    """({class name in the data set's meta file: CLIP's cleaned name}, CLIP's templates) for cifar10/100."""
+    entry = json.loads(CIFAR_METADATA_FILE.read_text())[kind]
+    return entry["classnames"], entry["templates"]
+
+
+@cache
+def imagenet_synsets() -> list[str]:
+    """The 1000 ImageNet-1k synset ids in the order of open_clip's IMAGENET_CLASSNAMES (sorted ids)."""
+    from timm.data import ImageNetInfo
+
+    synsets = list(ImageNetInfo().label_names())
+    assert len(synsets) == len(IMAGENET_CLASSNAMES) == 1000
+    return synsets
 
 
 # Presence, not checksums: a local copy may be re-packed or a test fixture, and nothing is downloaded.
@@ -55,80 +89,177 @@ class _LocalCIFAR100(CIFAR100):
     meta = {**CIFAR100.meta, "md5": None}
 
 
-def _subsample(count: int, limit: int) -> np.ndarray:
+def _subsample(count: int, limit: int | None) -> np.ndarray:
     """Evenly spaced indices, so a subsample keeps every class of a class-sorted folder."""
-    return np.unique(np.linspace(0, count - 1, num=min(count, limit)).astype(np.int64))
+    if limit is None or limit >= count:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, num=limit).astype(np.int64))
 
 
-def _cifar_part(kind: str, root: str, train: bool, data: DataConfig) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def stratified_halves(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(test, validation) indices: within each class, in order, even positions test and odd validation."""
+    position = np.zeros(len(labels), dtype=np.int64)
+    seen: Counter = Counter()
+    for i, label in enumerate(labels.tolist()):
+        position[i] = seen[label]
+        seen[label] += 1
+    return np.flatnonzero(position % 2 == 0), np.flatnonzero(position % 2 == 1)
+
+
+@dataclass
+class _LabelledImages:
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def take(self, index: np.ndarray) -> _LabelledImages:
+        index = torch.as_tensor(index, dtype=torch.long)
+        return _LabelledImages(self.images[index], self.labels[index])
+
+
+def _cifar_dataset(kind: str, root: str, train: bool, where: str) -> CIFAR10:
     cls = _LocalCIFAR10 if kind == "cifar10" else _LocalCIFAR100
     try:
-        dataset = cls(root, train=train, download=False)
+        return cls(root, train=train, download=False)
     except RuntimeError:
-        raise ValueError(f"data.zeroshot: {kind}:{root} is not a {kind} root (expected {cls.base_folder}/ "
+        raise ValueError(f"{where}: {root} is not a {kind} root (expected {cls.base_folder}/ "
                          f"with {cls.test_list[0][0]} and {cls.meta['filename']})") from None
-    index = _subsample(len(dataset), data.eval_size)
-    images = torch.stack([pil_to_uint8(Image.fromarray(dataset.data[i]), data.image_size) for i in index])
-    labels = torch.tensor([dataset.targets[i] for i in index])
-    return images, labels, list(dataset.classes)
 
 
-def _folder_part(root: str, classnames: list[str], data: DataConfig, where: str) -> tuple[torch.Tensor, torch.Tensor]:
-    if not Path(root).is_dir():
-        raise ValueError(f"data.zeroshot: {where}: {root} is not a folder")
-    folder = ImageFolder(root, loader=lambda path: path)  # lists (path, class) without decoding
-    if len(folder.classes) != len(classnames):
-        raise ValueError(f"data.zeroshot: {where}: {root} has {len(folder.classes)} class folders but "
-                         f"{len(classnames)} class names")
-    index = _subsample(len(folder.samples), data.eval_size)
-    images = torch.stack([load_image(Path(folder.samples[i][0]), data.image_size, where) for i in index])
-    return images, torch.tensor([folder.samples[i][1] for i in index])
+def _cifar_classnames(kind: str, stored: list[str], where: str) -> list[str]:
+    cleaned, _ = cifar_metadata(kind)
+    unknown = [name for name in stored if name not in cleaned]
+    if unknown or len(stored) != len(cleaned):
+        raise ValueError(f"{where}: the class names in the data set's meta file ({', '.join(unknown[:5]) or 'count'}"
+                         f" of {len(stored)}) do not match {kind}'s {len(cleaned)} classes "
+                         f"({', '.join(list(cleaned)[:5])}, ...)")
+    return [cleaned[name] for name in stored]  # the label i of the pickle is stored[i]: matched by name
 
 
-def _read_classnames(path: str) -> list[str]:
+def _cifar_part(dataset: CIFAR10, limit: int | None, image_size: int) -> _LabelledImages:
+    index = _subsample(len(dataset), limit)
+    images = torch.stack([pil_to_uint8(Image.fromarray(dataset.data[i]), image_size) for i in index])
+    return _LabelledImages(images, torch.tensor([dataset.targets[i] for i in index]))
+
+
+def read_classnames(path: str, where: str) -> dict[str, str]:
+    """A class-names file: one class per line, `folder name` or `folder name<TAB>prompt name`."""
     if not Path(path).is_file():
-        raise ValueError(f"data.zeroshot: class-names file {path} does not exist")
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+        raise ValueError(f"{where}: class-names file {path} does not exist")
+    names: dict[str, str] = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        folder, _, prompt = line.partition("\t")
+        folder, prompt = folder.strip(), (prompt or folder).strip()
+        if folder in names:
+            raise ValueError(f"{where}: {path}:{number}: class {folder!r} is listed twice")
+        names[folder] = prompt
+    if not names:
+        raise ValueError(f"{where}: class-names file {path} is empty")
+    return names
 
 
-def _split_probe(name: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> ProbeTask:
-    """Sets without a training split: even items train the probe, odd items test it."""
-    return ProbeTask(name=name, kind="shared", train_images=images[0::2], train_captions=[],
-                     train_labels=labels[0::2], test_images=images[1::2], test_captions=[],
-                     test_labels=labels[1::2], num_classes=num_classes)
+def _class_folders(root: str, where: str) -> list[str]:
+    if not Path(root).is_dir():
+        raise ValueError(f"{where}: {root} is not a folder")
+    folders = sorted(entry.name for entry in Path(root).iterdir() if entry.is_dir())
+    if not folders:
+        raise ValueError(f"{where}: {root} has no class folders")
+    return folders
 
 
-def load_zeroshot_entry(entry: str, data: DataConfig) -> tuple[ZeroShotTask, ProbeTask]:
-    """One DataConfig.zeroshot entry -> its zero-shot set and a linear-probe task on the same images."""
+def match_class_folders(root: str, class_keys: list[str], where: str, what: str) -> dict[str, int]:
+    """{class folder: class index}, matched by name; any folder or class without its match is an error."""
+    folders = _class_folders(root, where)
+    index = {key: i for i, key in enumerate(class_keys)}
+    unmatched_folders = [folder for folder in folders if folder not in index]
+    unmatched_classes = [key for key in class_keys if key not in set(folders)]
+    if unmatched_folders or unmatched_classes:
+        raise ValueError(
+            f"{where}: class folders and {what} do not match by name: folders without a class: "
+            f"{', '.join(unmatched_folders[:5]) or 'none'}; classes without a folder: "
+            f"{', '.join(unmatched_classes[:5]) or 'none'}")
+    return {folder: index[folder] for folder in folders}
+
+
+def _folder_part(root: str, folder_to_class: dict[str, int], data: DataConfig, where: str) -> _LabelledImages:
+    # ImageFolder lists (path, folder index) without decoding; its folder index is alphabetical,
+    # so labels are re-mapped by folder name
+    folder = ImageFolder(root, loader=lambda path: path)
+    if not folder.samples:
+        raise ValueError(f"{where}: {root} has no images in its class folders")
+    labels = np.array([folder_to_class[folder.classes[target]] for _, target in folder.samples])
+    index = _subsample(len(folder.samples), data.eval_limit)
+    images = torch.stack([load_image(Path(folder.samples[i][0]), data.image_size, where) for i in index])
+    return _LabelledImages(images, torch.from_numpy(labels[index]))
+
+
+@dataclass
+class ZeroShotSet:
+    """One DataConfig.zeroshot entry on its test and validation halves, and its linear probes."""
+
+    test: ZeroShotTask
+    validation: ZeroShotTask
+    probe: ProbeTask
+    validation_probe: ProbeTask | None
+
+
+def _probe(name: str, train: _LabelledImages, scored: _LabelledImages, num_classes: int) -> ProbeTask:
+    return ProbeTask(name=name, kind="shared", train_images=train.images, train_captions=[],
+                     train_labels=train.labels, test_images=scored.images, test_captions=[],
+                     test_labels=scored.labels, num_classes=num_classes)
+
+
+def load_zeroshot_entry(entry: str, data: DataConfig, where: str = "data.zeroshot") -> ZeroShotSet:
+    """One DataConfig.zeroshot entry -> its zero-shot set (test and validation halves) and linear probes."""
     kind, _, location = entry.partition(":")
+    where = f"{where}: {entry}"
     if kind in ("cifar10", "cifar100"):
-        images, labels, classes = _cifar_part(kind, location, False, data)
-        train_images, train_labels, _ = _cifar_part(kind, location, True, data)
-        task = ZeroShotTask(kind, classes, _templates(SIMPLE_IMAGENET_TEMPLATES), images, labels)
-        probe = ProbeTask(name=kind, kind="shared", train_images=train_images, train_captions=[],
-                          train_labels=train_labels, test_images=images, test_captions=[], test_labels=labels,
-                          num_classes=len(classes))
-        return task, probe
-    if kind == "imagenet":
-        classes, templates, root = list(IMAGENET_CLASSNAMES), _templates(OPENAI_IMAGENET_TEMPLATES), location
-    elif kind == "folder":
-        root, _, names_file = location.partition("::")
-        if not names_file:
-            raise ValueError(f"data.zeroshot: {entry}: expected folder:/images::/classnames.txt")
-        classes, templates = _read_classnames(names_file), _templates(SIMPLE_IMAGENET_TEMPLATES)
+        evaluation = _cifar_dataset(kind, location, False, where)
+        classes = _cifar_classnames(kind, list(evaluation.classes), where)
+        templates = cifar_metadata(kind)[1]
+        images = _cifar_part(evaluation, data.eval_limit, data.image_size)
+        probe_train = _cifar_part(_cifar_dataset(kind, location, True, where), data.probe_train_size,
+                                  data.image_size)
+        name = kind
+    elif kind in ("imagenet", "folder"):
+        if kind == "imagenet":
+            root, templates = location, _templates(OPENAI_IMAGENET_TEMPLATES)
+            folder_to_class = match_class_folders(root, imagenet_synsets(), where, "ImageNet-1k's synset ids")
+            classes, name = list(IMAGENET_CLASSNAMES), "imagenet"
+        else:
+            root, _, names_file = location.partition("::")
+            if not names_file:
+                raise ValueError(f"{where}: expected folder:/images::/classnames.txt")
+            names = read_classnames(names_file, where)
+            folder_to_class = match_class_folders(root, list(names), where, f"the class names in {names_file}")
+            classes, templates, name = list(names.values()), _templates(SIMPLE_IMAGENET_TEMPLATES), Path(root).name
+        images = _folder_part(root, folder_to_class, data, where)
+        probe_train = None
     else:
-        raise ValueError(f"data.zeroshot: {entry}: unknown kind {kind!r} (cifar10, cifar100, imagenet, folder)")
-    images, labels = _folder_part(root, classes, data, entry)
-    name = kind if kind == "imagenet" else Path(root).name
-    return ZeroShotTask(name, classes, templates, images, labels), _split_probe(name, images, labels, len(classes))
+        raise ValueError(f"{where}: unknown kind {kind!r} (cifar10, cifar100, imagenet, folder)")
+    test_index, validation_index = stratified_halves(images.labels.numpy())
+    test, validation = images.take(test_index), images.take(validation_index)
+    if probe_train is None:  # no training split: the probe trains on the validation half
+        probe, validation_probe = _probe(name, validation, test, len(classes)), None
+    else:
+        probe = _probe(name, probe_train, test, len(classes))
+        validation_probe = _probe(name, probe_train, validation, len(classes))
+    return ZeroShotSet(ZeroShotTask(name, classes, templates, test.images, test.labels),
+                       ZeroShotTask(name, classes, templates, validation.images, validation.labels),
+                       probe, validation_probe)
 
 
 def build_real_task_sets(data: DataConfig) -> TaskSets:
-    loaded = [load_zeroshot_entry(entry, data) for entry in data.zeroshot]
-    tasks = TaskSets(zeroshot=[task for task, _ in loaded], probes=[probe for _, probe in loaded])
-    files, root, size, limit = data.annotations, data.image_root, data.image_size, data.eval_size
+    """The test task sets, with the validation ones in `.validation` (see the module's docstring)."""
+    loaded = [load_zeroshot_entry(entry, data, f"data.zeroshot[{i}]") for i, entry in enumerate(data.zeroshot)]
+    tasks = TaskSets(zeroshot=[s.test for s in loaded], probes=[s.probe for s in loaded])
+    tasks.validation = TaskSets(zeroshot=[s.validation for s in loaded],
+                                probes=[s.validation_probe for s in loaded if s.validation_probe is not None])
+    files, root, size, limit = data.annotations, data.image_root, data.image_size, data.eval_limit
     if "retrieval" in files:
-        tasks.retrieval = load_albef_retrieval_json(files["retrieval"], root, size, limit)
+        tasks.retrieval, tasks.validation.retrieval = load_retrieval_splits(
+            files["retrieval"], files.get("retrieval_val"), root, size, limit)
     if {"vqa_train", "vqa_test"} <= files.keys():
         tasks.vqa = load_albef_vqa_json(files["vqa_train"], files["vqa_test"], root, size,
                                         files.get("vqa_answers"), limit)
@@ -147,15 +278,41 @@ def _load_images(paths: list[str], image_root: str | None, image_size: int, sour
     cache: dict[str, torch.Tensor] = {}
     for row, path in enumerate(paths):
         if path not in cache:
-            cache[path] = load_image(resolve(path, image_root), image_size, f"{source}:entry {row}")
+            # relative paths resolve against image_root, else the annotation file's folder (as a CSV's do)
+            root = image_root if image_root is not None else source.parent
+            cache[path] = load_image(resolve(path, root), image_size, f"{source}:entry {row}")
     return torch.stack([cache[p] for p in paths]) if paths else torch.zeros(0, 3, image_size, image_size,
                                                                           dtype=torch.uint8)
 
 
+def read_retrieval_entries(path: str | Path) -> list[dict]:
+    """Retrieval annotations as [{"image", "caption": [str, ...], "split"?}]: ALBEF's COCO / Flickr30k
+    JSON ([{"image", "caption"}], one file per split), or Karpathy's dataset_coco.json / dataset_flickr30k.json
+    ({"images": [{"filepath"?, "filename", "split", "sentences": [{"raw"}]}]})."""
+    path = Path(path)
+    if path.is_file():
+        try:
+            document = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        if isinstance(document, dict) and "images" in document:
+            entries = []
+            for row, image in enumerate(document["images"]):
+                missing = [key for key in ("filename", "sentences") if key not in image]
+                if missing:
+                    raise ValueError(f"{path}: images[{row}] lacks {', '.join(missing)}")
+                entries.append({"image": str(Path(image.get("filepath", "")) / image["filename"]),
+                                "caption": [sentence["raw"] for sentence in image["sentences"]],
+                                "split": image.get("split", "test")})
+            return entries
+    return read_json_annotations(path, ("image", "caption"))
+
+
 def load_albef_retrieval_json(path: str | Path, image_root: str | None, image_size: int = 64,
-                              limit: int | None = None) -> RetrievalTask:
+                              limit: int | None = None, entries: list[dict] | None = None) -> RetrievalTask:
     """COCO / Flickr30k Karpathy test JSON: [{"image": path, "caption": [str, ...]}, ...]."""
-    entries = read_json_annotations(path, ("image", "caption"), limit)
+    entries = read_retrieval_entries(path) if entries is None else entries
+    entries = [entries[i] for i in _subsample(len(entries), limit)]
     images = _load_images([e["image"] for e in entries], image_root, image_size, Path(path))
     captions, owners = [], []
     for i, entry in enumerate(entries):
@@ -163,6 +320,25 @@ def load_albef_retrieval_json(path: str | Path, image_root: str | None, image_si
         captions += texts
         owners += [i] * len(texts)
     return RetrievalTask(images=images, captions=captions, caption_to_image=torch.tensor(owners))
+
+
+def load_retrieval_splits(path: str, validation_path: str | None, image_root: str | None, image_size: int,
+                          limit: int | None) -> tuple[RetrievalTask, RetrievalTask]:
+    """(test, validation) retrieval sets: entries with "split" "test" and "val" when the file says
+    (training entries are left out), a separate validation file, or else even and odd entries."""
+    entries = read_retrieval_entries(path)
+    if validation_path is not None:
+        test, validation = entries, read_retrieval_entries(validation_path)
+    elif any("split" in entry for entry in entries):
+        test = [entry for entry in entries if entry.get("split") == "test"]
+        validation = [entry for entry in entries if entry.get("split") == "val"]
+        if not test or not validation:
+            raise ValueError(f"data.annotations.retrieval: {path} has {len(test)} entries with split 'test' and "
+                             f"{len(validation)} with split 'val'; it needs both")
+    else:
+        test, validation = entries[0::2], entries[1::2]
+    return (load_albef_retrieval_json(path, image_root, image_size, limit, test),
+            load_albef_retrieval_json(validation_path or path, image_root, image_size, limit, validation))
 
 
 def _majority_answer(answer) -> str:
