@@ -174,8 +174,15 @@ def optuna_parallel_coordinates(study: optuna.Study) -> plt.Figure:
 # --------------------------------------------------------------------------- latent structure
 
 
+def has_image_and_text_embeddings(path: Path) -> bool:
+    """Whether an embeddings.npz holds both modalities (an image-only zero-shot set has no text)."""
+    with np.load(path) as arrays:
+        return len(arrays["image"]) > 0 and len(arrays["text"]) > 0
+
+
 def embedding_pca(embeddings: dict[str, Path]) -> plt.Figure:
-    """2-D PCA of image and text embeddings, one panel per model ({title: embeddings.npz})."""
+    """2-D PCA of image and text embeddings, one panel per model ({title: embeddings.npz}); each
+    file must hold both modalities (`has_image_and_text_embeddings`)."""
     figure, axes = _panels(len(embeddings), width=4.6, height=4.2)
     for ax, (title, path) in zip(axes, embeddings.items(), strict=True):
         with np.load(path) as arrays:

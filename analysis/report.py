@@ -195,6 +195,10 @@ def _pca_figure(writer: ReportWriter, section: Section, study: Study, finished: 
     base = baseline.sort_values("seed").iloc[0]
     panels = {f"{base['config']} (seed {base['seed']})": Path(base["trial_dir"], "embeddings.npz"),
               f"{best['config']} (seed {best['seed']})": Path(best["trial_dir"], "embeddings.npz")}
+    if not all(plots.has_image_and_text_embeddings(path) for path in panels.values()):
+        section.paragraphs.append("No embedding PCA: the evaluation data have no captions to embed beside the "
+                                  "images (image-only zero-shot sets and no retrieval set).")
+        return
     writer.figure(section, "Embeddings: baseline and best regularized model (PCA)", plots.embedding_pca(panels),
                   "embeddings_pca")
 

@@ -80,6 +80,28 @@ def load_module(state: dict[str, Any], cfg: RunConfig, device: torch.device) -> 
     return module.to(device).eval()
 
 
+# where each task's data comes from on real data, for the message about a task without data
+TASK_SOURCES = {
+    "zeroshot": "data.zeroshot", "retrieval": "data.annotations.retrieval", "linear_probe": "data.zeroshot",
+    "kshot": "data.zeroshot", "structure": "data.annotations.retrieval", "vqa": "data.annotations.vqa_train/vqa_test",
+    "nlvr": "data.annotations.nlvr_train/nlvr_test", "ve": "data.annotations.ve_train/ve_test",
+}
+
+
+def tasks_without_data(cfg: RunConfig) -> list[str]:
+    """The configuration's eval.tasks whose task sets are empty (real data without those files)."""
+    from trainers.data import build_task_sets
+
+    sets = build_task_sets(cfg.data)
+    has_data = {
+        "zeroshot": bool(sets.zeroshot), "retrieval": sets.retrieval is not None,
+        "linear_probe": bool(sets.probes), "kshot": bool(sets.probes),
+        "structure": sets.retrieval is not None or any(probe.test_captions for probe in sets.probes),
+        "vqa": sets.vqa is not None, "nlvr": sets.nlvr is not None, "ve": sets.ve is not None,
+    }
+    return [task for task in cfg.eval.tasks if not has_data[task]]
+
+
 def evaluate_checkpoint(
     path: Path, tasks: list[str] | None = None, overrides: list[str] = (), device: torch.device | None = None
 ) -> dict[str, Any]:
@@ -89,6 +111,10 @@ def evaluate_checkpoint(
     directory = find_checkpoint(path)
     state, saved = read_checkpoint(directory)
     cfg = evaluation_config(saved, tasks, list(overrides))
+    missing = tasks_without_data(cfg)
+    if missing and len(missing) == len(cfg.eval.tasks):
+        raise ValueError(f"--tasks: no data for {', '.join(missing)} in this checkpoint's configuration (set "
+                         f"{', '.join(dict.fromkeys(TASK_SOURCES[t] for t in missing))} with --set)")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = load_module(state, cfg, device)
     metrics = get_family(cfg.model.family).evaluate(module, cfg, device)
@@ -98,7 +124,8 @@ def evaluate_checkpoint(
         "arch": cfg.model.arch,
         "epoch": state.get("epoch"),
         "step": state.get("step"),
-        "tasks": list(cfg.eval.tasks),
+        "tasks": [task for task in cfg.eval.tasks if task not in missing],
+        "tasks_without_data": missing,
         "metrics": {key: float(value) for key, value in sorted(metrics.items())},
         "config": cfg.model_dump(mode="json"),  # what was evaluated, overrides included
     }
@@ -160,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ConfigError) as exc:  # ConfigError is a ValueError; named for the reader
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if result["tasks_without_data"]:
+        print(f"note: no data for {', '.join(result['tasks_without_data'])} (not evaluated)", file=sys.stderr)
     print_table(result)
     if args.out is not None:
         write_json_atomically(result, args.out)

@@ -97,18 +97,31 @@ def embedding_sample(
 
     Returns {"image": [n, D], "text": [n, D], "labels": [n]} (what the trainer saves as
     embeddings.npz); "text" is [0, D] when the probe has no captions (an image-only data set).
+    Without such a probe (real data with only a retrieval set), the first n retrieval images and
+    each one's first caption, labelled -1 (no class); with neither, empty arrays.
     """
     probe = _shared_class_probe(tasks.probes)
-    if probe is None:
-        raise ValueError("embedding_sample: the task sets have no probe of kind 'shared' to sample from")
+    if probe is not None:
+        sample_images, sample_captions, labels = probe.test_images[:n], list(probe.test_captions[:n]), \
+            probe.test_labels[:n]
+    elif tasks.retrieval is not None:
+        sample_images = tasks.retrieval.images[:n]
+        first_caption: dict[int, int] = {}
+        for caption, image in enumerate(tasks.retrieval.caption_to_image.tolist()):
+            first_caption.setdefault(image, caption)
+        sample_captions = [tasks.retrieval.captions[first_caption[i]] for i in range(len(sample_images))]
+        labels = torch.full((len(sample_images),), -1)
+    else:  # nothing to sample: an empty sample, which the report skips, rather than a failed run
+        return {"image": np.zeros((0, 0), np.float32), "text": np.zeros((0, 0), np.float32),
+                "labels": np.zeros(0, np.int64)}
     with torch.no_grad():
-        images = _encode_in_batches(encode_images, probe.test_images[:n], batch_size)["shared"]
-        text_kinds = _encode_in_batches(encode_texts, list(probe.test_captions[:n]), batch_size)
+        images = _encode_in_batches(encode_images, sample_images, batch_size)["shared"]
+        text_kinds = _encode_in_batches(encode_texts, sample_captions, batch_size)
         texts = text_kinds.get("shared", images.new_zeros(0, images.shape[1]))
     return {
         "image": images.float().cpu().numpy(),
         "text": texts.float().cpu().numpy(),
-        "labels": torch.as_tensor(probe.test_labels[:n]).cpu().numpy(),
+        "labels": torch.as_tensor(labels).cpu().numpy(),
     }
 
 
