@@ -135,11 +135,12 @@ def test_evaluate_reports_the_contract_metrics(pretrained):
         "retrieval/i2t_r1",
         "retrieval/t2i_r10",
         "retrieval/mean_recall",
-        "zeroshot/top1",
+        "zeroshot/synthetic_shapes/top1",
         "linear_probe/top1",
         "structure/modality_gap",
     ):
         assert name in metrics, name  # fmt: skip
+        assert f"val/{name}" in metrics, name  # the same on the validation split, for selection
     for name, value in metrics.items():
         if name.endswith(("accuracy", "top1")) or name.startswith("retrieval/"):
             assert 0.0 <= value <= 1.0, name

@@ -225,51 +225,52 @@ def make_images(labels: torch.Tensor, seed: int) -> torch.Tensor:
     return images
 
 
-def make_task_sets(num_per_split: int = 48) -> TaskSets:
+def make_task_sets(num_per_split: int = 48, validation: bool = False) -> TaskSets:
+    """Test task sets; with `validation`, the same tasks on a third split, the probes' training part shared."""
     generator = torch.Generator().manual_seed(0)
-    labels = {
-        split: torch.randint(0, 4, (num_per_split,), generator=generator) for split in ("train", "test")
-    }
-    attribute = {
-        split: torch.randint(0, 3, (num_per_split,), generator=generator) for split in ("train", "test")
-    }
+    splits = ("train", "test", "validation")
+    labels = {split: torch.randint(0, 4, (num_per_split,), generator=generator) for split in splits}
+    attribute = {split: torch.randint(0, 3, (num_per_split,), generator=generator) for split in splits}
     captions = {split: [f"a photo of a {CLASSNAMES[c]}" for c in labels[split]] for split in labels}
     images = {split: make_images(labels[split], seed) for seed, split in enumerate(labels)}
 
-    def probe(name: str, kind: str, targets: dict[str, torch.Tensor]) -> ProbeTask:
+    def probe(name: str, kind: str, targets: dict[str, torch.Tensor], scored: str) -> ProbeTask:
         return ProbeTask(
             name,
             kind,
             images["train"],
             captions["train"],
             targets["train"],
-            images["test"],
-            captions["test"],
-            targets["test"],
+            images[scored],
+            captions[scored],
+            targets[scored],
             int(targets["train"].max()) + 1,
         )
 
     caption_to_image = torch.arange(num_per_split).repeat_interleave(2)  # two captions per image
-    return TaskSets(
-        zeroshot=[
-            ZeroShotTask(
-                "shapes", CLASSNAMES, ["a photo of a {}", "a drawing of a {}"], images["test"], labels["test"]
-            )
-        ],
-        retrieval=RetrievalTask(
-            images["test"], [captions["test"][i] for i in caption_to_image], caption_to_image
-        ),
-        probes=[probe("class", "shared", labels), probe("image_only", "image_only", attribute)],
-    )
+
+    def scored_on(split: str) -> TaskSets:
+        return TaskSets(
+            zeroshot=[
+                ZeroShotTask(
+                    "shapes", CLASSNAMES, ["a photo of a {}", "a drawing of a {}"], images[split], labels[split]
+                )
+            ],
+            retrieval=RetrievalTask(images[split], [captions[split][i] for i in caption_to_image], caption_to_image),
+            probes=[probe("class", "shared", labels, split), probe("image_only", "image_only", attribute, split)],
+        )
+
+    tasks = scored_on("test")
+    if validation:
+        tasks.validation = scored_on("validation")
+    return tasks
 
 
 ALL_TASKS = ["zeroshot", "retrieval", "linear_probe", "kshot", "structure", "vqa", "nlvr", "ve"]
 
 
 def expected_keys(feature_names: list[str]) -> set[str]:
-    keys = {
-        f"zeroshot/{name}" for name in ("top1", "top3", "top5", "shapes/top1", "shapes/top3", "shapes/top5")
-    }
+    keys = {f"zeroshot/shapes/{name}" for name in ("top1", "top3", "top5")}
     keys |= {f"retrieval/{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)} | {"retrieval/mean_recall"}
     keys |= {f"linear_probe/{target}/{name}" for target in ("class", "image_only") for name in feature_names}
     keys |= {"linear_probe/top1", "kshot/k1", "kshot/k5"}
@@ -292,7 +293,7 @@ def test_evaluate_two_tower_returns_every_metric_with_dfs_heads():
     assert set(metrics) == expected_keys(modalities)
     assert all(math.isfinite(value) for value in metrics.values())
     # the oracle maps a class to one point in both towers: class-level metrics are perfect
-    assert metrics["zeroshot/top1"] == 1.0
+    assert metrics["zeroshot/shapes/top1"] == 1.0
     assert metrics["linear_probe/top1"] == 1.0 == metrics["linear_probe/class/text"]
     assert metrics["kshot/k1"] == 1.0
     # a caption's class holds about 12 images, all equally close: its own is in the top 10 most often
@@ -378,15 +379,14 @@ def test_suite_on_the_synthetic_world_task_sets_with_random_encoders():
     expected = {f"linear_probe/{probe.name}/{name}" for probe in tasks.probes for name in names}
     expected |= {f"zeroshot/{task.name}/top{k}" for task in tasks.zeroshot for k in (1, 3, 5)}
     expected |= {key for key in expected_keys([]) if not key.startswith(("zeroshot/shapes", "kshot/k5"))}
-    assert set(metrics) == expected
+    assert set(metrics) == expected | {f"val/{key}" for key in expected}
     assert all(math.isfinite(value) for value in metrics.values())
-    accuracies = [value for key, value in metrics.items() if key.split("/")[0] != "structure"]
+    accuracies = [value for key, value in metrics.items() if key.removeprefix("val/").split("/")[0] != "structure"]
     assert all(0.0 <= value <= 1.0 for value in accuracies)
 
 
-def test_probes_sharing_a_split_encode_it_once():
+def counting_encoders(encoded: dict[str, int]):
     encode_images, encode_texts = oracle_encoders(independent=False)
-    encoded = {"images": 0, "texts": 0}
 
     def counting_images(images: torch.Tensor) -> dict[str, torch.Tensor]:
         encoded["images"] += len(images)
@@ -396,10 +396,35 @@ def test_probes_sharing_a_split_encode_it_once():
         encoded["texts"] += len(texts)
         return encode_texts(texts)
 
+    return counting_images, counting_texts
+
+
+def test_probes_sharing_a_split_encode_it_once():
+    encoded = {"images": 0, "texts": 0}
     tasks = make_task_sets(num_per_split=48)
     tasks.probes[1].train_captions = list(tasks.probes[1].train_captions)  # equal text, another list
-    evaluate_two_tower(counting_images, counting_texts, tasks, EvalConfig(tasks=["linear_probe"]))
-    assert len(tasks.probes) == 2 and encoded == {"images": 96, "texts": 96}
+    evaluate_two_tower(*counting_encoders(encoded), tasks, EvalConfig(tasks=["linear_probe"]))
+    distinct_captions = set(tasks.probes[0].train_captions) | set(tasks.probes[0].test_captions)
+    assert len(tasks.probes) == 2 and encoded == {"images": 96, "texts": len(distinct_captions)}
+
+
+def test_validation_metrics_are_the_validation_sets_own_and_reuse_the_probe_training_part():
+    encoded = {"images": 0, "texts": 0}
+    tasks = make_task_sets(num_per_split=48, validation=True)
+    config = EvalConfig(tasks=ALL_TASKS, kshot=[1, 5])
+    metrics = evaluate_two_tower(*counting_encoders(encoded), tasks, config)
+    test_metrics = {key: value for key, value in metrics.items() if not key.startswith("val/")}
+    assert set(test_metrics) == expected_keys(["image", "text", "image_pooled", "text_pooled"])
+    assert set(metrics) == set(test_metrics) | {f"val/{key}" for key in test_metrics}
+    # each split's images once: the probes' training part, test and validation
+    assert encoded["images"] == 3 * 48
+    # the same numbers as evaluating the validation sets on their own (then scored as if test)
+    alone = evaluate_two_tower(*oracle_encoders(independent=False), tasks.validation, config)
+    assert {f"val/{key}": value for key, value in alone.items()} == {
+        key: value for key, value in metrics.items() if key.startswith("val/")
+    }
+    # and they are not the test numbers: the image-only attribute is noise, scored on other samples
+    assert metrics["val/linear_probe/image_only/image"] != metrics["linear_probe/image_only/image"]
 
 
 def test_empty_retrieval_set_is_a_clear_error():

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from trainers.albef.heads import FinetuneSettings, FusedExamples, finetune_and_test
+from trainers.albef.heads import FinetuneSettings, FusedExamples, accuracy, finetune
 from trainers.albef.inputs import AlbefInputs
 from trainers.albef.model import AlbefModel
 from trainers.albef.pretrain import AlbefPretraining
@@ -50,20 +50,24 @@ def tower_encoders(model: AlbefModel, inputs: AlbefInputs, device: torch.device)
 
 
 def evaluate(module: AlbefPretraining, cfg: RunConfig, device: torch.device) -> dict[str, float]:
-    """Two-tower metrics of the unimodal encoders, ALBEF retrieval, and the fine-tuned fused heads."""
+    """Two-tower metrics of the unimodal encoders, ALBEF retrieval, and the fine-tuned fused heads;
+    on validation data too (as val/<name>) when the task sets carry it."""
     from trainers.data import build_task_sets
-    from trainers.evaluate.suite import evaluate_two_tower
+    from trainers.evaluate.suite import VALIDATION_PREFIX, evaluate_two_tower
 
     inputs = AlbefInputs(cfg.data)
     tasks = build_task_sets(cfg.data)
+    scored = {"": tasks} | ({VALIDATION_PREFIX: tasks.validation} if tasks.validation is not None else {})
     pretrained = copy.deepcopy(module.model).eval()
     wanted = set(cfg.eval.tasks)
     # retrieval is ALBEF's own (ITC shortlist + ITM rerank); the suite does the rest
     two_tower_config = cfg.eval.model_copy(update={"tasks": [t for t in cfg.eval.tasks if t != "retrieval"]})
     with torch.no_grad():
         metrics = evaluate_two_tower(*tower_encoders(pretrained, inputs, device), tasks, two_tower_config)
-        if "retrieval" in wanted and tasks.retrieval is not None:
-            metrics |= retrieval_metrics(pretrained, inputs, tasks.retrieval, device)
+        for prefix, split in scored.items():
+            if "retrieval" in wanted and split.retrieval is not None:
+                recalls = retrieval_metrics(pretrained, inputs, split.retrieval, device)
+                metrics |= {f"{prefix}{name}": value for name, value in recalls.items()}
     settings = FinetuneSettings(
         epochs=cfg.eval.finetune_epochs,
         batch_size=cfg.eval.finetune_batch_size,
@@ -72,9 +76,17 @@ def evaluate(module: AlbefPretraining, cfg: RunConfig, device: torch.device) -> 
     )
     preprocess = (inputs.images, inputs.texts)
     for name, (num_classes, train, test) in fused_task_examples(tasks, wanted).items():
-        metrics[f"{name}/accuracy"] = finetune_and_test(
-            pretrained, num_classes, train, test, settings, preprocess, device
-        )
+        classifier = finetune(pretrained, num_classes, train, settings, preprocess, device)
+        metrics[f"{name}/accuracy"] = accuracy(classifier, test, preprocess, device, settings.batch_size)
+        validation = fused_task_examples(tasks.validation, {name}) if tasks.validation is not None else {}
+        if name in validation:
+            _, validation_train, held_out = validation[name]
+            if getattr(tasks.validation, name).train is not getattr(tasks, name).train:
+                # the validation set trains its own head only when its training part differs
+                classifier = finetune(pretrained, num_classes, validation_train, settings, preprocess, device)
+            metrics[f"{VALIDATION_PREFIX}{name}/accuracy"] = accuracy(
+                classifier, held_out, preprocess, device, settings.batch_size
+            )
     return metrics
 
 

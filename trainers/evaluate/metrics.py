@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from torch import Tensor
@@ -152,7 +152,14 @@ def linear_probe(
     A fixed inverse regularization `c` rather than a search: the probe compares methods on
     the same features budget, and a per-run search would add noise of its own.
     """
-    train_x, train_y, test_x, test_y = (_as_numpy(a) for a in (train_x, train_y, test_x, test_y))
+    return probe_accuracy(fit_linear_probe(train_x, train_y, c, max_iter), test_x, test_y)
+
+
+def fit_linear_probe(
+    train_x: Tensor | np.ndarray, train_y: Tensor | np.ndarray, c: float = 1.0, max_iter: int = 1000
+) -> Pipeline:
+    """The fitted probe of `linear_probe`, to score on several held-out sets (validation and test)."""
+    train_x, train_y = _as_numpy(train_x), _as_numpy(train_y)
     if len(np.unique(train_y)) < 2:
         raise ValueError("linear_probe: train_y holds a single class; a probe needs at least two")
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
@@ -160,8 +167,12 @@ def linear_probe(
     # training workers sharing the machine (4k x 128 took 6.6 s threaded vs 0.27 s on one thread
     # under load), so the fit runs single-threaded.
     with threadpool_limits(limits=1):
-        probe.fit(train_x, train_y)
-        return float(probe.score(test_x, test_y))
+        return probe.fit(train_x, train_y)
+
+
+def probe_accuracy(probe: Pipeline, test_x: Tensor | np.ndarray, test_y: Tensor | np.ndarray) -> float:
+    with threadpool_limits(limits=1):
+        return float(probe.score(_as_numpy(test_x), _as_numpy(test_y)))
 
 
 def kshot_probe(
@@ -177,15 +188,23 @@ def kshot_probe(
 
     A class with fewer than k training samples contributes all of them.
     """
+    probes = fit_kshot_probes(train_x, train_y, k, num_draws, seed)
+    return float(np.mean([probe_accuracy(probe, test_x, test_y) for probe in probes]))
+
+
+def fit_kshot_probes(
+    train_x: Tensor | np.ndarray, train_y: Tensor | np.ndarray, k: int, num_draws: int = 5, seed: int = 0
+) -> list[Pipeline]:
+    """The `num_draws` fitted probes of `kshot_probe`, to score on several held-out sets."""
     if k < 1:
         raise ValueError(f"kshot_probe: k must be >= 1, got {k}")
     train_x, train_y = _as_numpy(train_x), _as_numpy(train_y)
     rng = np.random.default_rng(seed)
-    accuracies = []
+    probes = []
     for _ in range(num_draws):
         chosen = np.concatenate([_draw_per_class(rng, train_y, label, k) for label in np.unique(train_y)])
-        accuracies.append(linear_probe(train_x[chosen], train_y[chosen], test_x, test_y))
-    return float(np.mean(accuracies))
+        probes.append(fit_linear_probe(train_x[chosen], train_y[chosen]))
+    return probes
 
 
 def _draw_per_class(rng: np.random.Generator, labels: np.ndarray, label: int, k: int) -> np.ndarray:

@@ -2,8 +2,14 @@
 
 Every family evaluates through `evaluate_two_tower`: it encodes the task sets of
 `trainers.data` in batches and computes the metrics of `EvalConfig.tasks` under the project's
-metric names (zeroshot/*, retrieval/*, linear_probe/*, kshot/*, structure/*). vqa, nlvr and ve
-need a fusion model and are ALBEF's own; a task whose data set is absent is skipped.
+metric names (zeroshot/<set>/*, retrieval/*, linear_probe/*, kshot/*, structure/*). vqa, nlvr and ve
+need a fusion model and are ALBEF's own; a task whose data set is absent is skipped. When the task
+sets carry validation data (`TaskSets.validation`), the same metrics on it are reported as
+`val/<name>`: studies select on those and report the plain (test) ones.
+
+Each image tensor and each caption is encoded once per evaluation (`FeatureCache`): a split's tasks
+share their images, and the validation probes share the test probes' training part, whose fitted
+probes then score both splits.
 
 An encode function maps a batch (uint8 images `[B, 3, H, W]`, or a list of strings) to feature
 kinds: "shared" (the normalized embedding, required), optionally "independent" (DFS heads,
@@ -22,10 +28,11 @@ from torch import Tensor
 from trainers.config import EvalConfig
 from trainers.evaluate.metrics import (
     alignment,
-    kshot_probe,
-    linear_probe,
+    fit_kshot_probes,
+    fit_linear_probe,
     modality_gap,
     pair_cosine,
+    probe_accuracy,
     retrieval_recall,
     uniformity,
     zeroshot_classifier,
@@ -33,7 +40,9 @@ from trainers.evaluate.metrics import (
 )
 
 if TYPE_CHECKING:
-    from trainers.data.tasks import ProbeTask, RetrievalTask, TaskSets, ZeroShotTask
+    from sklearn.pipeline import Pipeline
+
+    from trainers.data.tasks import ProbeTask, TaskSets, ZeroShotTask
 
 ImageEncoder = Callable[[Tensor], dict[str, Tensor]]
 TextEncoder = Callable[[list[str]], dict[str, Tensor]]
@@ -45,6 +54,7 @@ KSHOT_DRAWS = 5
 
 # Features of one data split by probe feature name ("image", "text_independent", ...).
 SplitFeatures = dict[str, Tensor]
+VALIDATION_PREFIX = "val/"
 
 
 def evaluate_two_tower(
@@ -54,35 +64,40 @@ def evaluate_two_tower(
     eval_config: EvalConfig,
     batch_size: int = 256,
 ) -> dict[str, float]:
-    """All requested two-tower metrics, as {"zeroshot/top1": ..., "retrieval/i2t_r1": ..., ...}."""
+    """All requested two-tower metrics on the test sets, as {"zeroshot/<set>/top1": ...,
+    "retrieval/i2t_r1": ..., ...}, and the same on `tasks.validation` as {"val/zeroshot/<set>/top1": ...}."""
     if batch_size < 1:
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    features = FeatureCache(encode_images, encode_texts, batch_size)
+    probes = _ProbeFits()
+    with torch.no_grad():
+        metrics = _split_metrics(tasks, eval_config, features, probes)
+        if tasks.validation is not None:
+            validation = _split_metrics(tasks.validation, eval_config, features, probes)
+            metrics |= {f"{VALIDATION_PREFIX}{name}": value for name, value in validation.items()}
+    return metrics
+
+
+def _split_metrics(
+    tasks: TaskSets, eval_config: EvalConfig, features: FeatureCache, probes: _ProbeFits
+) -> dict[str, float]:
     wanted = set(eval_config.tasks)
     metrics: dict[str, float] = {}
-    with torch.no_grad():
-        if "zeroshot" in wanted and tasks.zeroshot:
-            metrics |= zeroshot_metrics(encode_images, encode_texts, tasks.zeroshot, batch_size)
-        retrieval_pairs = None
-        if tasks.retrieval is not None and wanted & {"retrieval", "structure"}:
-            retrieval_pairs = _encode_retrieval(encode_images, encode_texts, tasks.retrieval, batch_size)
-        if "retrieval" in wanted and retrieval_pairs is not None:
-            image_features, text_features = retrieval_pairs
-            recalls = retrieval_recall(image_features, text_features, tasks.retrieval.caption_to_image)
-            metrics |= {f"retrieval/{name}": value for name, value in recalls.items()}
-        probe_features = {}
-        structure_from_probes = "structure" in wanted and retrieval_pairs is None
-        if tasks.probes and (wanted & {"linear_probe", "kshot"} or structure_from_probes):
-            split_cache: dict[tuple, SplitFeatures] = {}
-            probe_features = {
-                probe.name: _encode_probe(encode_images, encode_texts, probe, batch_size, split_cache)
-                for probe in tasks.probes
-            }
-        if "linear_probe" in wanted:
-            metrics |= linear_probe_metrics(tasks.probes, probe_features)
-        if "kshot" in wanted:
-            metrics |= kshot_metrics(tasks.probes, probe_features, eval_config.kshot)
-        if "structure" in wanted:
-            metrics |= structure_metrics(*_structure_pairs(tasks, retrieval_pairs, probe_features))
+    if "zeroshot" in wanted and tasks.zeroshot:
+        metrics |= zeroshot_metrics(features, tasks.zeroshot)
+    retrieval_pairs = None
+    if tasks.retrieval is not None and wanted & {"retrieval", "structure"}:
+        retrieval_pairs = (features.images(tasks.retrieval.images)["shared"],
+                           features.texts(tasks.retrieval.captions)["shared"])
+    if "retrieval" in wanted and retrieval_pairs is not None:
+        recalls = retrieval_recall(*retrieval_pairs, tasks.retrieval.caption_to_image)
+        metrics |= {f"retrieval/{name}": value for name, value in recalls.items()}
+    if "linear_probe" in wanted:
+        metrics |= linear_probe_metrics(tasks.probes, features, probes)
+    if "kshot" in wanted:
+        metrics |= kshot_metrics(tasks.probes, features, probes, eval_config.kshot)
+    if "structure" in wanted:
+        metrics |= structure_metrics(*_structure_pairs(tasks, retrieval_pairs, features))
     return metrics
 
 
@@ -128,39 +143,31 @@ def embedding_sample(
 # --------------------------------------------------------------------------- per task
 
 
-def zeroshot_metrics(
-    encode_images: ImageEncoder,
-    encode_texts: TextEncoder,
-    zeroshot_tasks: Sequence[ZeroShotTask],
-    batch_size: int,
-) -> dict[str, float]:
-    """zeroshot/<set>/top{1,3,5} per set and zeroshot/top{1,3,5}, their mean over sets."""
+def zeroshot_metrics(features: FeatureCache, zeroshot_tasks: Sequence[ZeroShotTask]) -> dict[str, float]:
+    """zeroshot/<set>/top{1,3,5} per set. Never averaged across sets: sets differ in difficulty and
+    chance level, so a mean would hide which one moved."""
     metrics: dict[str, float] = {}
     for task in zeroshot_tasks:
         prompts = [_fill_template(template, name) for name in task.classnames for template in task.templates]
-        prompt_features = _encode_in_batches(encode_texts, prompts, batch_size)["shared"]
+        prompt_features = features.texts(prompts)["shared"]
         classifier = zeroshot_classifier(
             prompt_features.reshape(len(task.classnames), len(task.templates), -1)  # (C, T, D)
         )
-        image_features = _encode_in_batches(encode_images, task.images, batch_size)["shared"]
+        image_features = features.images(task.images)["shared"]
         accuracies = zeroshot_topk(image_features, classifier.to(image_features.device), task.labels)
         metrics |= {f"zeroshot/{task.name}/{name}": value for name, value in accuracies.items()}
-    for k in (1, 3, 5):
-        per_set = [metrics[f"zeroshot/{task.name}/top{k}"] for task in zeroshot_tasks]
-        metrics[f"zeroshot/top{k}"] = float(np.mean(per_set))
     return metrics
 
 
-def linear_probe_metrics(
-    probes: Sequence[ProbeTask], probe_features: dict[str, tuple[SplitFeatures, SplitFeatures]]
-) -> dict[str, float]:
+def linear_probe_metrics(probes: Sequence[ProbeTask], features: FeatureCache, fits: _ProbeFits) -> dict[str, float]:
     """linear_probe/<target>/<features> for every probe and feature kind, and linear_probe/top1."""
     metrics: dict[str, float] = {}
     for probe in probes:
-        train, test = probe_features[probe.name]
+        train, test = _probe_features(features, probe)
         for feature_name, train_x in train.items():
-            metrics[f"linear_probe/{probe.name}/{feature_name}"] = linear_probe(
-                train_x, probe.train_labels, test[feature_name], probe.test_labels
+            fitted = fits.linear(probe, feature_name, train_x)
+            metrics[f"linear_probe/{probe.name}/{feature_name}"] = probe_accuracy(
+                fitted, test[feature_name], probe.test_labels
             )
     shared_probe = _shared_class_probe(probes)
     if shared_probe is not None:
@@ -169,19 +176,18 @@ def linear_probe_metrics(
 
 
 def kshot_metrics(
-    probes: Sequence[ProbeTask],
-    probe_features: dict[str, tuple[SplitFeatures, SplitFeatures]],
-    shots: Sequence[int],
+    probes: Sequence[ProbeTask], features: FeatureCache, fits: _ProbeFits, shots: Sequence[int]
 ) -> dict[str, float]:
     """kshot/k<k>: the shared class from the image embedding, k samples per class, mean over draws."""
     probe = _shared_class_probe(probes)
     if probe is None:
         return {}
-    train, test = probe_features[probe.name]
+    train, test = _probe_features(features, probe)
     return {
-        f"kshot/k{k}": kshot_probe(
-            train["image"], probe.train_labels, test["image"], probe.test_labels, k, KSHOT_DRAWS
-        )
+        f"kshot/k{k}": float(np.mean([
+            probe_accuracy(fitted, test["image"], probe.test_labels)
+            for fitted in fits.kshot(probe, "image", train["image"], k)
+        ]))
         for k in shots
     }
 
@@ -200,6 +206,67 @@ def structure_metrics(image_features: Tensor, text_features: Tensor) -> dict[str
 
 
 # --------------------------------------------------------------------------- encoding
+
+
+class FeatureCache:
+    """Encoded features of the evaluation's images and captions, each encoded once.
+
+    Images are keyed by the tensor's identity (the task sets of a split share one tensor; the cache
+    holds a reference, so an identity is never reused while it lives), captions by their text (the
+    first retrieval paraphrase is the probes' caption, and prompts recur across splits).
+    """
+
+    def __init__(self, encode_images: ImageEncoder, encode_texts: TextEncoder, batch_size: int) -> None:
+        self.encode_images, self.encode_texts, self.batch_size = encode_images, encode_texts, batch_size
+        self._images: dict[int, tuple[Tensor, dict[str, Tensor]]] = {}
+        self._text_rows: dict[str, int] = {}
+        self._text_parts: dict[str, list[Tensor]] = {}
+        self._text_features: dict[str, Tensor] = {}
+
+    def images(self, images: Tensor) -> dict[str, Tensor]:
+        if id(images) not in self._images:
+            self._images[id(images)] = (images, _encode_in_batches(self.encode_images, images, self.batch_size))
+        return self._images[id(images)][1]
+
+    def texts(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        if len(texts) == 0:
+            return {}
+        new = [text for text in dict.fromkeys(texts) if text not in self._text_rows]
+        if new:
+            for kind, encoded in _encode_in_batches(self.encode_texts, new, self.batch_size).items():
+                self._text_parts.setdefault(kind, []).append(encoded)
+            self._text_rows |= {text: len(self._text_rows) + i for i, text in enumerate(new)}
+            self._text_features = {kind: torch.cat(parts) for kind, parts in self._text_parts.items()}
+        rows = torch.tensor([self._text_rows[text] for text in texts])
+        return {kind: stored[rows.to(stored.device)] for kind, stored in self._text_features.items()}
+
+    def probe_split(self, images: Tensor, captions: Sequence[str]) -> SplitFeatures:
+        """One probe split's features under probe feature names (image, text_independent, ...)."""
+        return _probe_feature_names(self.images(images), "image") | _probe_feature_names(self.texts(captions), "text")
+
+
+class _ProbeFits:
+    """Probes fitted once per training part, feature kind and labels: the validation probes keep the
+    test probes' training part, so each fit scores both splits."""
+
+    def __init__(self) -> None:
+        self._fits: dict[tuple, Pipeline | list[Pipeline]] = {}
+
+    def _key(self, probe: ProbeTask, feature_name: str, *extra: object) -> tuple:
+        labels = torch.as_tensor(probe.train_labels).cpu().numpy().tobytes()
+        return (id(probe.train_images), tuple(probe.train_captions), labels, feature_name, *extra)
+
+    def linear(self, probe: ProbeTask, feature_name: str, train_x: Tensor) -> Pipeline:
+        key = self._key(probe, feature_name)
+        if key not in self._fits:
+            self._fits[key] = fit_linear_probe(train_x, probe.train_labels)
+        return self._fits[key]
+
+    def kshot(self, probe: ProbeTask, feature_name: str, train_x: Tensor, k: int) -> list[Pipeline]:
+        key = self._key(probe, feature_name, "kshot", k)
+        if key not in self._fits:
+            self._fits[key] = fit_kshot_probes(train_x, probe.train_labels, k, KSHOT_DRAWS)
+        return self._fits[key]
 
 
 def _encode_in_batches(
@@ -230,43 +297,13 @@ def _probe_feature_names(features: dict[str, Tensor], modality: str) -> dict[str
     return named
 
 
-def _encode_probe(
-    encode_images: ImageEncoder,
-    encode_texts: TextEncoder,
-    probe: ProbeTask,
-    batch_size: int,
-    cache: dict[tuple, SplitFeatures],
-) -> tuple[SplitFeatures, SplitFeatures]:
-    """Features of a probe's train and test splits. Probes of different attributes usually share
-    their images and captions, so each distinct split is encoded once (`cache`, keyed by the
-    image tensor's identity and the captions)."""
-
-    def encode_split(images: Tensor, captions: Sequence[str]) -> SplitFeatures:
-        key = (id(images), tuple(captions))
-        if key not in cache:
-            image_kinds = _encode_in_batches(encode_images, images, batch_size)
-            text_kinds = _encode_in_batches(encode_texts, list(captions), batch_size)
-            cache[key] = _probe_feature_names(image_kinds, "image") | _probe_feature_names(text_kinds, "text")
-        return cache[key]
-
-    return (
-        encode_split(probe.train_images, probe.train_captions),
-        encode_split(probe.test_images, probe.test_captions),
-    )
-
-
-def _encode_retrieval(
-    encode_images: ImageEncoder, encode_texts: TextEncoder, retrieval: RetrievalTask, batch_size: int
-) -> tuple[Tensor, Tensor]:
-    image_features = _encode_in_batches(encode_images, retrieval.images, batch_size)["shared"]
-    text_features = _encode_in_batches(encode_texts, list(retrieval.captions), batch_size)["shared"]
-    return image_features, text_features
+def _probe_features(features: FeatureCache, probe: ProbeTask) -> tuple[SplitFeatures, SplitFeatures]:
+    return (features.probe_split(probe.train_images, probe.train_captions),
+            features.probe_split(probe.test_images, probe.test_captions))
 
 
 def _structure_pairs(
-    tasks: TaskSets,
-    retrieval_pairs: tuple[Tensor, Tensor] | None,
-    probe_features: dict[str, tuple[SplitFeatures, SplitFeatures]],
+    tasks: TaskSets, retrieval_pairs: tuple[Tensor, Tensor] | None, features: FeatureCache
 ) -> tuple[Tensor, Tensor]:
     """True pairs for the structure metrics: each retrieval image with its first caption, else the
     test split of the shared-class (or first) probe."""
@@ -279,7 +316,7 @@ def _structure_pairs(
     if not tasks.probes:
         return torch.zeros(0, 1), torch.zeros(0, 1)
     probe = _shared_class_probe(tasks.probes) or tasks.probes[0]
-    test = probe_features[probe.name][1]
+    test = features.probe_split(probe.test_images, probe.test_captions)
     if "text" not in test:  # an image-only data set has no pairs
         return torch.zeros(0, 1), torch.zeros(0, 1)
     return test["image"], test["text"]
