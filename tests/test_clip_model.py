@@ -16,7 +16,7 @@ def module_for(arch: str, **regularizers) -> ClipTrainingModule:
     return ClipTrainingModule(build_run_config(tree))
 
 
-@pytest.mark.parametrize("arch", ["tiny-vit", "tiny-cnn"])
+@pytest.mark.parametrize("arch", ["tiny-vit", "tiny-cnn", "tiny-rn"])
 def test_shared_embedding_is_the_open_clip_models_own(arch):
     """Taking the projection out of the tower must not change what the model computes."""
     module = module_for(arch, dfs=0.5).eval()
@@ -28,7 +28,8 @@ def test_shared_embedding_is_the_open_clip_models_own(arch):
         expected = torch.nn.functional.normalize(reference.encode_image(images), dim=-1)
     torch.testing.assert_close(features["shared"], expected)
     # DFS heads read the same pooled output as the shared projection, not the embedding
-    assert not torch.allclose(torch.nn.functional.normalize(features["pooled"], dim=-1), features["shared"])
+    pooled = torch.nn.functional.normalize(features["pooled"], dim=-1)
+    assert pooled.shape != features["shared"].shape or not torch.allclose(pooled, features["shared"])
     assert features["pooled"].shape[1] == module.image_independent.in_features
     assert features["independent"].shape == features["shared"].shape
 
@@ -46,3 +47,27 @@ def test_tiny_cnn_trains_a_step_with_every_regularizer():
     total.backward()
     torch.optim.SGD(module.parameters(), lr=0.1).step()
     assert any(not torch.equal(b, p) for b, p in zip(before, module.model.visual.parameters(), strict=True))
+
+
+def test_dfs_image_head_carries_information_the_shared_embedding_lacks_on_a_resnet():
+    """Directions of the pooled representation that the shared projection discards still move the
+    DFS head u: u is not a function of v. On a ResNet this needs the attention pool's c_proj split
+    off as the shared projection; with c_proj inside the tower, "pooled" was the embedding itself
+    and u = normalize(W v) could hold nothing v lacks."""
+    module = module_for("tiny-rn", dfs=0.5).eval()
+    with torch.no_grad():
+        pooled = module.encode_images(torch.randn(4, 3, 64, 64))["pooled"]  # 512 wide; the embedding is 64
+        projection = torch.func.jacrev(lambda p: module.image_projection(p))(pooled[0])  # (D, C)
+        _, singular_values, right = torch.linalg.svd(projection)
+        null_space = right[(singular_values > 1e-6).sum():]  # pooled directions the projection discards
+        assert len(null_space) > 0, "the shared projection keeps every direction of the pooled output"
+        moved = pooled + 3 * pooled.norm(dim=1, keepdim=True) * null_space[0]
+
+        def shared(p):
+            return torch.nn.functional.normalize(module.image_projection(p), dim=-1)
+
+        def independent(p):
+            return torch.nn.functional.normalize(module.image_independent(p), dim=-1)
+
+        torch.testing.assert_close(shared(moved), shared(pooled), atol=1e-4, rtol=1e-4)
+        assert (independent(moved) - independent(pooled)).norm(dim=1).min() > 0.1

@@ -3,7 +3,8 @@
 The model is whatever `open_clip.create_model` builds (ViT-B-32, RN50, ... or the small
 configs shipped in trainers/model_configs). The regularizers need two things open_clip does
 not give: the pooled encoder output before the projection (DFS heads are projections
-parallel to the model's own) and a second pass over augmented views. Both exist only when an
+parallel to the model's own; on ResNet towers the attention pool's output projection `c_proj`
+is that projection) and a second pass over augmented views. Both exist only when an
 active term needs them.
 """
 
@@ -18,6 +19,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.modified_resnet import AttentionPool2d, ModifiedResNet
 from open_clip.timm_model import TimmModel
 from torch import nn
 
@@ -71,12 +73,43 @@ class _ProjectionHead(nn.Module):
         return pooled @ self.weight if self.weight is not None else self.linear(pooled)
 
 
-def _take_projection(owner: nn.Module, attribute: str) -> _ProjectionHead:
-    """Move a tower's final projection out of it, so the tower returns its pooled output.
+class _AttentionPoolBeforeProjection(nn.Module):
+    """open_clip's ResNet attention pool (AttentionPool2d) without its output projection `c_proj`:
+    the attention of the mean-pooled query over the feature map, heads concatenated. `c_proj` then is
+    the shared projection, so DFS heads and pooled probes read what precedes it, as on ViT towers.
+    Same parameters (and state-dict names) as the pool it replaces, less `c_proj`."""
 
-    Towers without a separable projection (ModifiedResNet's attention pool ends in its own
-    c_proj) keep it: their pooled output then is the embedding itself.
-    """
+    def __init__(self, pool: AttentionPool2d) -> None:
+        super().__init__()
+        self.positional_embedding = pool.positional_embedding
+        self.k_proj, self.q_proj, self.v_proj = pool.k_proj, pool.q_proj, pool.v_proj
+        self.num_heads = pool.num_heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.flatten(2).transpose(1, 2)  # (N, HW, C)
+        tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+        tokens = tokens + self.positional_embedding.to(tokens.dtype)
+        n, length, width = tokens.shape
+        heads = self.num_heads
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(n, -1, heads, width // heads).transpose(1, 2)
+
+        # only the mean token's output is kept (AttentionPool2d returns x[0]), so only it queries
+        attended = F.scaled_dot_product_attention(split(self.q_proj(tokens[:, :1])), split(self.k_proj(tokens)),
+                                                  split(self.v_proj(tokens)))
+        return attended.transpose(1, 2).reshape(n, width)
+
+
+def _split_resnet_attention_pool(visual: ModifiedResNet) -> _ProjectionHead:
+    """Take the attention pool's `c_proj` out as the image tower's shared projection."""
+    pool = visual.attnpool
+    visual.attnpool = _AttentionPoolBeforeProjection(pool)
+    return _ProjectionHead(pool.c_proj)
+
+
+def _take_projection(owner: nn.Module, attribute: str) -> _ProjectionHead:
+    """Move a tower's final projection out of it, so the tower returns its pooled output."""
     projection = getattr(owner, attribute, None)
     if projection is not None:
         # a module inside a head's nn.Sequential is replaced, not removed, so the head still runs
@@ -102,7 +135,10 @@ class ClipTrainingModule(TrainingModule):
         super().__init__()
         self.model = create_open_clip_model(cfg.model.arch, cfg.model.pretrained)
         embed_dim = open_clip.get_model_config(cfg.model.arch)["embed_dim"]
-        self.image_projection = _take_projection(_image_projection_owner(self.model.visual), "proj")
+        if isinstance(self.model.visual, ModifiedResNet):
+            self.image_projection = _split_resnet_attention_pool(self.model.visual)
+        else:
+            self.image_projection = _take_projection(_image_projection_owner(self.model.visual), "proj")
         self.text_projection = _take_projection(self.model, "text_projection")
         self.criterion = LatentStructureLoss(cfg.regularizers)
         self.image_independent: nn.Module | None = None
