@@ -76,3 +76,11 @@ def configuration_order(trials: pd.DataFrame) -> list[str]:
 
     first_rows = trials.drop_duplicates("config").to_dict("records")
     return [row["config"] for row in sorted(first_rows, key=sort_key)]
+
+
+def with_batch_size(label: str, batch_size: int | None) -> str:
+    """A configuration label with the batch size its weights were used at: L_GC sums N^2 pairs over N,
+    so a GC weight means something only beside its batch size (see docs/)."""
+    if batch_size is None or label == BASELINE or label.startswith(f"{BASELINE} "):
+        return label
+    return f"{label} [batch {batch_size}]"

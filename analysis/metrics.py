@@ -1,16 +1,20 @@
 """What the analysis knows about metric names: their direction and which group they belong to.
 
-Metric names are the project's shared contract ("zeroshot/top1", "structure/alignment", ...).
+Metric names are the project's shared contract ("zeroshot/<set>/top1", "structure/alignment", ...).
+Every evaluation metric also comes as `val/<name>`, measured on validation data: selection uses those,
+tables report the plain (test) names. Zero-shot is per set: a mean over sets would mix sets at chance
+with sets that are learnt, so no table shows one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-# Downstream metrics a reader compares configurations on, in the order tables show them.
+VALIDATION_PREFIX = "val/"
+
+# Downstream metrics a reader compares configurations on, in the order tables show them (after the
+# per-set zero-shot accuracies, see `downstream_metrics`).
 DOWNSTREAM_METRICS = (
-    "zeroshot/top1",
-    "zeroshot/top5",
     "retrieval/mean_recall",
     "retrieval/i2t_r1",
     "retrieval/t2i_r1",
@@ -37,15 +41,15 @@ STRUCTURE_METRICS = (
     "linear_probe/text_only/text_pooled",
 )
 
-# What the info-gap section tracks against alignment pressure.
-INFO_GAP_METRICS = (
+# What the info-gap section tracks against alignment pressure (with the per-set zero-shot accuracies).
+INFO_GAP_PROBES = (
     "linear_probe/image_only/image",
     "linear_probe/text_only/text",
     "linear_probe/class/image",
-    "zeroshot/top1",
-    "retrieval/mean_recall",
 )
+INFO_GAP_METRICS = (*INFO_GAP_PROBES, "retrieval/mean_recall")
 MODALITY_SPECIFIC_PROBES = ("linear_probe/image_only/image", "linear_probe/text_only/text")
+SHARED_CLASS_PROBE = "linear_probe/class/image"
 
 # Lower is better for these; for modality_gap and pair_cosine the paper argues against a "better"
 # direction (exact alignment is not the goal), so they are never marked best.
@@ -54,9 +58,6 @@ _NO_DIRECTION = ("structure/modality_gap", "structure/pair_cosine", "train/lr", 
                  "train/samples_per_s", "epoch", "step")
 
 _READABLE = {
-    "zeroshot/top1": "zero-shot top-1 accuracy",
-    "zeroshot/top3": "zero-shot top-3 accuracy",
-    "zeroshot/top5": "zero-shot top-5 accuracy",
     "retrieval/mean_recall": "retrieval mean recall",
     "linear_probe/top1": "linear-probe accuracy",
     "linear_probe/image_only/image": "image-only attribute probe (image embedding)",
@@ -79,7 +80,32 @@ def higher_is_better(metric: str) -> bool | None:
 
 def readable(metric: str) -> str:
     """A phrase for a metric in prose; falls back to the metric's own name."""
+    parts = metric.split("/")
+    if len(parts) == 3 and parts[0] == "zeroshot" and parts[2].startswith("top"):
+        return f"zero-shot {parts[2].replace('top', 'top-')} accuracy on {parts[1]}"
     return _READABLE.get(metric, metric)
+
+
+def validation_name(metric: str) -> str:
+    """The validation twin of a test metric: `val/<metric>`."""
+    return f"{VALIDATION_PREFIX}{metric}"
+
+
+def zeroshot_metrics(columns: Iterable[str]) -> list[str]:
+    """zeroshot/<set>/top1 for every set present, sorted by set."""
+    return [f"zeroshot/{name}/top1" for name in zeroshot_sets(columns)]
+
+
+def downstream_metrics(columns: Iterable[str], primary: str | None = None) -> list[str]:
+    """The table's test metrics: the study's primary metric, zero-shot per set, then the rest present."""
+    columns = list(columns)
+    candidates = [primary] if primary else []
+    return list(dict.fromkeys(present([*candidates, *zeroshot_metrics(columns), *DOWNSTREAM_METRICS], columns)))
+
+
+def info_gap_metrics(columns: Iterable[str]) -> list[str]:
+    columns = list(columns)
+    return present([*INFO_GAP_PROBES, *zeroshot_metrics(columns), "retrieval/mean_recall"], columns)
 
 
 def present(candidates: Iterable[str], columns: Iterable[str]) -> list[str]:

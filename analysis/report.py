@@ -18,14 +18,31 @@ import jinja2
 import pandas as pd
 
 from analysis import plots
+from analysis.checks import BedCheck, checks_frame, not_testable, probe_check
 from analysis.configs import REGULARIZER_KEYS
 from analysis.files import write_atomic
-from analysis.info_gap import analyse_info_gap, is_info_gap_study
+from analysis.info_gap import InfoGapAnalysis, analyse_info_gap, is_info_gap_study
 from analysis.loading import Study, expected_trial_count, history_of, load, missing_trials
-from analysis.metrics import DOWNSTREAM_METRICS, INFO_GAP_METRICS, STRUCTURE_METRICS, present, zeroshot_sets
+from analysis.metrics import (
+    SHARED_CLASS_PROBE,
+    STRUCTURE_METRICS,
+    downstream_metrics,
+    info_gap_metrics,
+    present,
+    validation_name,
+    zeroshot_sets,
+)
 from analysis.stats import ALPHA
-from analysis.summary import best_configuration_sentence, configuration_sentences, status_sentence
-from analysis.tables import LEGEND, PAPER_TABLES, AblationTable, ablation_table, paper_table, reference_table
+from analysis.summary import (
+    Selection,
+    configuration_sentences,
+    primary_comparison,
+    primary_sentence,
+    select_configuration,
+    selection_sentence,
+    status_sentence,
+)
+from analysis.tables import PAPER_TABLES, AblationTable, ablation_table, paper_table, reference_table
 from trainers.config import ConfigError
 
 FORMATS = ("html", "md", "tex")
@@ -36,6 +53,7 @@ class TableBlock:
     title: str
     markdown: str
     html: str
+    note: str = ""  # the legend under an HTML table (the markdown carries its own)
 
 
 @dataclass
@@ -65,7 +83,7 @@ class ReportWriter:
         write_atomic(self.out_dir / "tables" / f"{stem}.csv", table.to_csv())
         if "tex" in self.formats:
             write_atomic(self.out_dir / "tables" / f"{stem}.tex", table.to_latex(label=f"tab:{stem}"))
-        section.tables.append(TableBlock(table.title, table.to_markdown(), table.to_html()))
+        section.tables.append(TableBlock(table.title, table.to_markdown(), table.to_html(), table.legend()))
 
     def frame(self, section: Section, title: str, frame: pd.DataFrame, stem: str) -> None:
         write_atomic(self.out_dir / "tables" / f"{stem}.csv", frame.to_csv())
@@ -93,23 +111,66 @@ def _frame_markdown(frame: pd.DataFrame) -> str:
 
 
 def _overview(study: Study, trials: pd.DataFrame, downstream: AblationTable, structure: AblationTable,
-              missing: list[str]) -> Section:
-    search = study.search
+              missing: list[str], selection: Selection, checks: list[BedCheck],
+              preregistered: InfoGapAnalysis | None = None) -> Section:
+    search, base = study.search, study.base
     section = Section("Summary")
     section.paragraphs.append(
-        f"Study “{study.name}”: {search.method} search over {', '.join(search.space) or 'no parameters'} "
-        f"with seeds {search.seeds}, optimising {search.metric} ({search.mode}). Each configuration is compared "
-        f"with the baseline (all regularizer weights 0) on the same seeds; a change counts as significant at "
-        f"p < {ALPHA} (paired t-test over seeds; a bootstrap interval when seeds do not pair up).")
+        f"Study “{study.name}”. Primary metric: {search.metric} ({search.mode}), named by the study's "
+        f"search.metric. Configurations are selected on {validation_name(search.metric)} (mean over seeds, "
+        f"validation data); every table reports the test split, with the selected configuration marked.")
+    inmodal = ("on (they halve the contrastive term, doubling every weight relative to it)"
+               if base.regularizers.inmodal else "off")
+    section.paragraphs.append(
+        f"{search.method} search over {', '.join(search.space) or 'no parameters'} with seeds {search.seeds}. "
+        f"Regularizer weights are shown with the batch size they were used at ({base.train.batch_size} unless "
+        f"searched): L_GC sums N² pairs over N, so the same GC weight is stronger at a larger batch; in-modal "
+        f"terms are {inmodal}.")
+    section.paragraphs.append(
+        f"Statistics: each configuration is compared with the baseline (all regularizer weights 0) of the same "
+        f"context on the same seeds by an exact sign-flip permutation test of the paired differences; Holm's "
+        f"correction runs within each family (the primary comparison alone; each table); “helped” or “hurt” "
+        f"needs a corrected p < {ALPHA}. Each verdict gives the corrected p, the family size m, n and d_z (mean / "
+        f"SD of the paired differences) with its 95% noncentral-t interval; a comparison whose smallest "
+        f"attainable p cannot pass is “not testable at n = k”.")
+    untestable = not_testable(checks)
+    if checks:
+        section.paragraphs.append(
+            f"Test-bed checks: {untestable}; so no conclusion is drawn below." if untestable else
+            "Test-bed checks: passed (" + "; ".join(check.describe() for check in checks) + ").")
     section.paragraphs.append(status_sentence(trials, missing, expected_trial_count(study)))
-    best = best_configuration_sentence(downstream, search.metric, search.mode) if downstream.rows else None
-    if best:
-        section.paragraphs.append(best)
-    section.bullets = configuration_sentences(downstream)
-    section.bullets += [f"Latent structure: {sentence}" for sentence in configuration_sentences(structure)]
+    if preregistered is not None:
+        # the study file's own primary comparison replaces "the selected configuration vs the baseline"
+        section.paragraphs.append(f"Primary result — {preregistered.verdict}")
+    section.paragraphs.append(selection_sentence(selection, base.train.batch_size))
+    if preregistered is None:
+        section.paragraphs.append(primary_sentence(
+            primary_comparison(trials, selection, search.metric, search.mode), selection, search.metric, untestable))
+    section.bullets = configuration_sentences(downstream, untestable)
+    section.bullets += [f"Latent structure: {sentence}" for sentence in configuration_sentences(structure, untestable)]
     if not section.bullets:
         section.paragraphs.append("No configuration could be compared with a baseline (no finished baseline "
                                   "trials in the same context), so no effect is claimed.")
+    return section
+
+
+def study_checks(study: Study, trials: pd.DataFrame) -> list[BedCheck]:
+    """The generic test-bed check: the shared-class probe on the image embedding of the baseline far above
+    chance (the info-gap section adds its own in its reference cell)."""
+    finished = trials[(trials["status"] == "finished") & trials["is_baseline"]]
+    dataset, eval_size = str(study.base.data.dataset), int(getattr(study.base.data, "eval_size", 0) or 0)
+    check = probe_check(finished, SHARED_CLASS_PROBE, "baseline", dataset, eval_size, far=True)
+    return [check] if check is not None else []
+
+
+def _checks_section(writer: ReportWriter, checks: list[BedCheck]) -> Section:
+    section = Section("Test-bed checks")
+    section.paragraphs.append(
+        "Before any conclusion: did the models learn what the study's question needs? A probe is above chance "
+        "(1 / classes) when a one-sided binomial test on one evaluation set (mean accuracy over seeds x the "
+        "probe's test size) gives p < 0.001; the shared class must also be far above chance, at least a third "
+        "of the way from chance to perfect.")
+    writer.frame(section, "Test-bed checks", checks_frame(checks), "checks")
     return section
 
 
@@ -149,7 +210,7 @@ def _reference_section(writer: ReportWriter, trials: pd.DataFrame) -> Section:
 
 def _weight_figures(writer: ReportWriter, section: Section, trials: pd.DataFrame, study: Study) -> None:
     finished = trials[trials["status"] == "finished"]
-    downstream = present([study.search.metric, *DOWNSTREAM_METRICS[:3]], finished.columns)
+    downstream = downstream_metrics(finished.columns, study.search.metric)[:4]
     structure = present(STRUCTURE_METRICS, finished.columns)
     for key in REGULARIZER_KEYS:
         if key not in study.search.space or not (finished[key] > 0).any():
@@ -188,7 +249,9 @@ def _pca_figure(writer: ReportWriter, section: Section, study: Study, finished: 
     regularized = with_embeddings[~with_embeddings["is_baseline"]]
     if baseline.empty or regularized.empty or study.search.metric not in finished:
         return
-    means = finished[~finished["is_baseline"]].groupby("config")[study.search.metric].mean()
+    by_metric = validation_name(study.search.metric)
+    by_metric = by_metric if by_metric in finished else study.search.metric
+    means = finished[~finished["is_baseline"]].groupby("config")[by_metric].mean()
     ranked = [config for config in means.sort_values(ascending=study.search.mode == "min").index
               if config in set(regularized["config"])]
     best = regularized[regularized["config"] == ranked[0]].sort_values("seed").iloc[0]
@@ -215,8 +278,8 @@ def _optuna_section(writer: ReportWriter, study: Study) -> Section | None:
         section.paragraphs.append(f"{study.optuna_db} holds no study named {study.name!r}.")
         return section
     complete = optuna_study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    section.paragraphs.append(f"{len(complete)} completed Optuna trials; objective = {study.search.metric} "
-                              f"averaged over seeds ({study.search.mode}).")
+    section.paragraphs.append(f"{len(complete)} completed Optuna trials; objective = "
+                              f"{validation_name(study.search.metric)} averaged over seeds ({study.search.mode}).")
     if not complete:
         return section
     writer.figure(section, "Optimization history", plots.optuna_history(optuna_study), "optuna_history")
@@ -227,20 +290,25 @@ def _optuna_section(writer: ReportWriter, study: Study) -> Section | None:
     return section
 
 
-def _info_gap_section(writer: ReportWriter, trials: pd.DataFrame) -> Section:
+def _info_gap_section(writer: ReportWriter, trials: pd.DataFrame, analysis: InfoGapAnalysis) -> Section:
     section = Section("Information gap and alignment pressure")
-    analysis = analyse_info_gap(trials)
+    section.paragraphs.append(analysis.verdict)
     section.paragraphs.append(
         "Prediction (Theorem 3.1): where image and text carry different label information, pushing them into "
-        "exact alignment lowers the accuracy of probes for modality-specific attributes, while the shared class "
-        "is kept; the regularizers should recover some of it. Comparisons are paired over seeds at one "
-        "information gap; d is Cohen's d of the paired differences.")
-    section.paragraphs.append(analysis.verdict)
+        "exact alignment lowers the accuracy of probes for modality-specific attributes more than where they "
+        "carry the same, while the shared class is kept. "
+        + ("The test above was written in the study file before it ran (its `hypothesis:` block); secondary "
+           "comparisons are a separate Holm family and are labelled as such." if analysis.preregistered else
+           "The study file has no pre-registered hypothesis, so nothing below is a confirmatory test."))
     section.bullets = analysis.findings
+    if analysis.checks:
+        writer.frame(section, "Test-bed checks of the information-gap test", checks_frame(analysis.checks),
+                     "info_gap_checks")
     wide = analysis.table()
     if not wide.empty:
-        writer.frame(section, "Effects of alignment pressure and of the regularizers under it", wide, "info_gap")
-    metrics = present(INFO_GAP_METRICS, trials.columns)
+        writer.frame(section, "Comparisons: Δ, corrected p (Holm within each family), n, d_z [95% CI]", wide,
+                     "info_gap")
+    metrics = info_gap_metrics(trials.columns)
     if metrics and (trials["status"] == "finished").any():
         writer.figure(section, "Probe accuracy, zero-shot and retrieval against alignment pressure",
                       plots.info_gap_lines(trials, metrics), "info_gap")
@@ -249,19 +317,27 @@ def _info_gap_section(writer: ReportWriter, trials: pd.DataFrame) -> Section:
 
 def build_sections(study: Study, trials: pd.DataFrame, writer: ReportWriter) -> list[Section]:
     missing = missing_trials(study, trials)
-    downstream_metrics = list(dict.fromkeys(present([study.search.metric, *DOWNSTREAM_METRICS], trials.columns)))
-    downstream = ablation_table(trials, downstream_metrics, "Downstream metrics", study.search.metric,
-                                study.search.mode)
+    search = study.search
+    selection = select_configuration(trials, search.metric, search.mode)
+    rank_metric = validation_name(search.metric) if validation_name(search.metric) in trials else search.metric
+    downstream = ablation_table(trials, downstream_metrics(trials.columns, search.metric), "Downstream metrics",
+                                rank_metric, search.mode, selected=selection.config)
     structure = ablation_table(trials, present(STRUCTURE_METRICS, trials.columns), "Latent-structure diagnostics",
-                               study.search.metric, study.search.mode)
-    summary = _overview(study, trials, downstream, structure, missing)
+                               rank_metric, search.mode, selected=selection.config)
+    checks = study_checks(study, trials)
+    info_gap = analyse_info_gap(trials, study) if is_info_gap_study(search.searched_keys) else None
+    preregistered = info_gap if info_gap is not None and info_gap.preregistered else None
+    summary = _overview(study, trials, downstream, structure, missing, selection, checks, preregistered)
+    sections = [summary]
+    if checks:
+        sections.append(_checks_section(writer, checks))
+    if info_gap is not None:
+        sections.append(_info_gap_section(writer, trials, info_gap))
     tables = Section("Ablation tables")
     for table, stem in ((downstream, "ablation_downstream"), (structure, "ablation_structure")):
         if table.rows and table.metrics:
             writer.ablation(tables, table, stem)
-    sections = [summary, tables]
-    if is_info_gap_study(study.search.searched_keys):
-        sections.append(_info_gap_section(writer, trials))
+    sections.append(tables)
     sections.append(_figures_section(writer, study, trials))
     optuna_section = _optuna_section(writer, study)
     if optuna_section is not None:
@@ -289,7 +365,8 @@ li { margin: 0.3em 0; }
 {% endfor %}{% if section.bullets %}<ul>{% for bullet in section.bullets %}<li>{{ bullet }}</li>
 {% endfor %}</ul>{% endif %}
 {% for table in section.tables %}<h3>{{ table.title }}</h3>{{ table.html | safe }}
-{% endfor %}{% if section.tables and section.title == "Ablation tables" %}<p class="legend">{{ legend }}</p>{% endif %}
+{% if table.note %}<p class="legend">{{ table.note }}</p>{% endif %}
+{% endfor %}
 {% for figure in section.figures %}<figure><img alt="{{ figure.title }}" src="data:image/png;base64,{{ figure.data }}">
 <figcaption>{{ figure.title }}</figcaption></figure>
 {% endfor %}</section>
@@ -303,7 +380,7 @@ def render_html(title: str, sections: list[Section]) -> str:
                                          for f in section.figures]}
         for section in sections
     ]
-    return _HTML.render(title=title, sections=views, legend=LEGEND)
+    return _HTML.render(title=title, sections=views)
 
 
 def render_markdown(title: str, sections: list[Section], out_dir: Path) -> str:

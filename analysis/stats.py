@@ -37,6 +37,7 @@ MONTE_CARLO_FLIPS = 100_000
 MONTE_CARLO_SEED = 0
 UNPAIRED_RESAMPLES = 100_000  # scipy enumerates every split when there are fewer
 CONFIDENCE = 0.95
+SPREAD_FLOOR = 1e-9
 
 Alternative = Literal["two-sided", "greater", "less"]
 PAIRED_EXACT = "paired sign-flip (exact)"
@@ -108,7 +109,7 @@ class Comparison:
         if self.corrected_p is None:
             raise ValueError("a tested comparison needs its family's correction (analysis.stats.correct) first")
         return (f"Holm-corrected {format_p(self.corrected_p)} (m = {m}), {self.n_text()}, "
-                f"{self.effect_text()}, {_sided(self.alternative)}")
+                f"{self.effect_text()}, {sidedness(self.alternative)}")
 
     def status(self) -> str:
         if self.significant:
@@ -116,7 +117,7 @@ class Comparison:
         return "not significant" if self.testable else "not testable"
 
 
-def _sided(alternative: Alternative) -> str:
+def sidedness(alternative: Alternative) -> str:
     return "two-sided" if alternative == "two-sided" else f"one-sided ({alternative})"
 
 
@@ -220,7 +221,7 @@ def paired_comparison(differences: pd.Series | np.ndarray, alternative: Alternat
     p_value = float(sign_flip_p(values, alternative)[0])
     spread = float(values.std(ddof=1))
     effect = t_form = None
-    if spread > 0:
+    if spread > SPREAD_FLOOR * max(1.0, abs(delta)):  # below it the spread is float round-off of equal differences
         effect = delta / spread
         t_form = (effect * math.sqrt(n), n - 1, 1.0 / math.sqrt(n))
     test = PAIRED_EXACT if n <= EXACT_MAX_N else PAIRED_MONTE_CARLO
@@ -238,7 +239,7 @@ def _unpaired_comparison(treated: np.ndarray, reference: np.ndarray, alternative
     n1, n2 = len(treated), len(reference)
     pooled = math.sqrt(((n1 - 1) * treated.var(ddof=1) + (n2 - 1) * reference.var(ddof=1)) / (n1 + n2 - 2))
     effect = t_form = None
-    if pooled > 0:
+    if pooled > SPREAD_FLOOR * max(1.0, abs(delta)):
         effect = delta / pooled
         scale = math.sqrt(1.0 / n1 + 1.0 / n2)
         t_form = (effect / scale, n1 + n2 - 2, scale)

@@ -1,27 +1,30 @@
 """Ablation tables: configurations x metrics, mean ± std (n) over seeds, Δ against the baseline
-with paired significance, the best value of each column in bold; and the paper's reference tables.
+with Holm-corrected significance, the best value of each column in bold, the configuration selected
+on validation marked; and the paper's reference tables.
 
 Only finished trials enter a table (a trial stopped early by a scheduler has not been trained as
 long, so its metrics are not comparable). Δ compares a configuration with the baseline of the same
-context (same values of the non-regularizer searched parameters), paired on seed (analysis.stats).
+context (same values of the non-regularizer searched parameters), paired on seed, two-sided
+(analysis.stats); one table is one family: Holm corrects over every comparison in it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 import numpy as np
 import pandas as pd
 
-from analysis.configs import BASELINE, configuration_order
+from analysis.configs import BASELINE, configuration_order, with_batch_size
 from analysis.metrics import higher_is_better
-from analysis.stats import Comparison, compare, per_seed
+from analysis.stats import ALPHA, Comparison, compare, correct, per_seed
 
-SIGNIFICANT_MARK = "*"  # paired t-test p < 0.05
-BOOTSTRAP_MARK = "†"  # 95% bootstrap interval of Δ excludes 0 (fewer than 2 paired seeds)
+SIGNIFICANT_MARK = "*"  # Holm-corrected p < ALPHA within the table
+SELECTED_MARK = "◀ selected"  # the configuration chosen on the validation metric
 MAX_ROWS = 12
 
 
@@ -35,9 +38,7 @@ class Cell:
 
     @property
     def mark(self) -> str:
-        if self.comparison is None or not self.comparison.significant:
-            return ""
-        return SIGNIFICANT_MARK if self.comparison.test == "paired t-test" else BOOTSTRAP_MARK
+        return SIGNIFICANT_MARK if self.comparison is not None and self.comparison.significant else ""
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,25 @@ class AblationTable:
     metrics: list[str]
     rows: list[str]
     cells: dict[tuple[str, str], Cell]
+    selected: str | None = None  # the configuration chosen on validation (analysis.summary.select_configuration)
+    batch_sizes: dict[str, int] = field(default_factory=dict)  # per configuration: weights mean this batch
+
+    @property
+    def family_size(self) -> int:
+        """Comparisons with a p-value in this table: Holm's m."""
+        return sum(1 for cell in self.cells.values() if cell.comparison is not None
+                   and cell.comparison.p_value is not None)
+
+    def row_label(self, row: str) -> str:
+        """The configuration as shown: its batch size beside its weights, and the selection mark."""
+        label = with_batch_size(row, self.batch_sizes.get(row))
+        return f"{label} {SELECTED_MARK}" if row == self.selected else label
+
+    def legend(self) -> str:
+        return (f"Mean ± std (n seeds) on the test split; Δ = mean difference vs. the baseline of the same context; "
+                f"{SIGNIFICANT_MARK} Holm-corrected p < {ALPHA} within this table (family of m = {self.family_size} "
+                f"two-sided exact sign-flip tests over paired seeds); bold = best in column; "
+                f"{SELECTED_MARK} = chosen on the validation metric.")
 
     def cell_text(self, row: str, metric: str, latex: bool = False) -> str:
         cell = self.cells.get((row, metric))
@@ -55,8 +75,7 @@ class AblationTable:
         text = f"{format_value(cell.mean)}{pm}{format_value(cell.std)} ({cell.n})"
         if cell.comparison is not None:
             delta = "$\\Delta$" if latex else "Δ"
-            latex_mark = {SIGNIFICANT_MARK: "*", BOOTSTRAP_MARK: "\\dagger"}.get(cell.mark)
-            mark = f"$^{{{latex_mark}}}$" if latex and cell.mark else cell.mark
+            mark = "$^{*}$" if latex and cell.mark else cell.mark
             text += f" {delta} {cell.comparison.delta:+.3f}{mark}"
         return text
 
@@ -64,7 +83,8 @@ class AblationTable:
         """Long form, one row per (configuration, metric): the numbers behind every cell (the CSV)."""
         records = [
             {"config": row, "metric": metric, "mean": cell.mean, "std": cell.std, "n": cell.n,
-             **_comparison_fields(cell.comparison), "best": cell.best}
+             **_comparison_fields(cell.comparison), "best": cell.best, "selected": row == self.selected,
+             "batch_size": self.batch_sizes.get(row)}
             for (row, metric), cell in self.cells.items()
         ]
         return pd.DataFrame.from_records(records)
@@ -78,15 +98,16 @@ class AblationTable:
         for row in self.rows:
             texts = []
             for metric in self.metrics:
-                text = self.cell_text(row, metric)
+                text = self.cell_text(row, metric).replace("*", "\\*")  # the mark, not markdown emphasis
                 cell = self.cells.get((row, metric))
                 texts.append(f"**{text}**" if cell is not None and cell.best else text)
-            lines.append(f"| {_escape_md(row)} | " + " | ".join(texts) + " |")
-        return "\n".join(lines) + "\n\n" + LEGEND + "\n"
+            lines.append(f"| {_escape_md(self.row_label(row))} | " + " | ".join(texts) + " |")
+        return "\n".join(lines) + "\n\n" + self.legend() + "\n"
 
     def _styler(self, latex: bool) -> pd.io.formats.style.Styler:
         texts = pd.DataFrame(
-            [[row, *(self.cell_text(row, metric, latex) for metric in self.metrics)] for row in self.rows],
+            [[self.row_label(row), *(self.cell_text(row, metric, latex) for metric in self.metrics)]
+             for row in self.rows],
             columns=["configuration", *self.metrics],
         )
         is_best = [[False, *((row, m) in self.cells and self.cells[(row, m)].best for m in self.metrics)]
@@ -98,8 +119,9 @@ class AblationTable:
 
     def to_latex(self, label: str) -> str:
         """A booktabs table (needs \\usepackage{booktabs}); best values in \\bfseries."""
-        caption = f"{_escape_latex(self.title)}. Mean $\\pm$ std (n seeds); $\\Delta$ vs.\\ baseline; " \
-                  f"$^{{*}}$ paired t-test $p<0.05$; $^{{\\dagger}}$ 95\\% bootstrap interval excludes 0."
+        caption = f"{_escape_latex(self.title)}. Mean $\\pm$ std (n seeds), test split; $\\Delta$ vs.\\ baseline; " \
+                  f"$^{{*}}$ Holm-corrected $p<{ALPHA}$ within this table (m = {self.family_size}, two-sided " \
+                  f"exact sign-flip tests over paired seeds); selected = chosen on the validation metric."
         return self._styler(latex=True).to_latex(
             hrules=True, convert_css=True, caption=caption, label=label,
             column_format="l" + "r" * len(self.metrics), position_float="centering",
@@ -109,22 +131,20 @@ class AblationTable:
         return self._styler(latex=False).set_table_attributes('class="ablation"').to_html()
 
 
-LEGEND = (f"Mean ± std (n seeds); Δ = mean difference vs. the baseline of the same context; "
-          f"{SIGNIFICANT_MARK} paired t-test over seeds p < 0.05; {BOOTSTRAP_MARK} 95% bootstrap interval "
-          f"excludes 0 (used when fewer than 2 seeds pair up); bold = best in column.")
-
-
 def _comparison_fields(comparison: Comparison | None) -> dict[str, object]:
     if comparison is None:
-        return {"delta": math.nan, "relative_delta": math.nan, "test": "", "p_value": math.nan,
-                "ci_low": math.nan, "ci_high": math.nan, "cohens_d": math.nan, "significant": False}
-    ci_low, ci_high = comparison.ci or (math.nan, math.nan)
+        return {"delta": math.nan, "relative_delta": math.nan, "test": "", "n_pairs": 0, "p_value": math.nan,
+                "corrected_p": math.nan, "family_size": 0, "effect_size": "", "effect": math.nan,
+                "effect_ci_low": math.nan, "effect_ci_high": math.nan, "verdict": ""}
+    ci_low, ci_high = comparison.effect_ci or (math.nan, math.nan)
     return {
         "delta": comparison.delta, "relative_delta": comparison.relative, "test": comparison.test,
+        "n_pairs": comparison.n_pairs,
         "p_value": math.nan if comparison.p_value is None else comparison.p_value,
-        "ci_low": ci_low, "ci_high": ci_high,
-        "cohens_d": math.nan if comparison.cohens_d is None else comparison.cohens_d,
-        "significant": comparison.significant,
+        "corrected_p": math.nan if comparison.corrected_p is None else comparison.corrected_p,
+        "family_size": comparison.family_size or 0, "effect_size": comparison.effect_name,
+        "effect": math.nan if comparison.effect is None else comparison.effect,
+        "effect_ci_low": ci_low, "effect_ci_high": ci_high, "verdict": comparison.status(),
     }
 
 
@@ -161,8 +181,9 @@ def select_rows(trials: pd.DataFrame, rank_metric: str | None, mode: str,
 
 
 def ablation_table(trials: pd.DataFrame, metrics: list[str], title: str, rank_metric: str | None = None,
-                   mode: str = "max", max_rows: int = MAX_ROWS) -> AblationTable:
-    """Build the table from `load()`'s trials; only finished trials count."""
+                   mode: str = "max", max_rows: int = MAX_ROWS, selected: str | None = None) -> AblationTable:
+    """Build the table from `load()`'s trials; only finished trials count. Rows are ranked (when there
+    are too many) by `rank_metric`, which should be the validation metric; the table is one Holm family."""
     finished = trials[trials["status"] == "finished"]
     metrics = [metric for metric in metrics if metric in finished and finished[metric].notna().any()]
     rows = select_rows(finished, rank_metric, mode, max_rows) if not finished.empty else []
@@ -179,7 +200,25 @@ def ablation_table(trials: pd.DataFrame, metrics: list[str], title: str, rank_me
             std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
             cells[(row, metric)] = Cell(float(values.mean()) if len(values) else math.nan, std, len(values),
                                         comparison)
-    return AblationTable(title, metrics, rows, _mark_best(cells, rows, metrics))
+    keys = list(cells)
+    corrected = correct([cells[key].comparison for key in keys], title)
+    cells = {key: dataclasses.replace(cells[key], comparison=comparison)
+             for key, comparison in zip(keys, corrected, strict=True)}
+    if selected is not None and selected not in rows:
+        selected = None
+    return AblationTable(title, metrics, rows, _mark_best(cells, rows, metrics), selected,
+                         batch_sizes_of(finished, rows))
+
+
+def batch_sizes_of(trials: pd.DataFrame, rows: list[str]) -> dict[str, int]:
+    """Each configuration's batch size (a searched train.batch_size, else the study's base)."""
+    study = trials.attrs.get("study")
+    if "train.batch_size" in trials:
+        first = trials.drop_duplicates("config").set_index("config")["train.batch_size"]
+        return {row: int(first[row]) for row in rows if row in first.index and pd.notna(first[row])}
+    if study is None:
+        return {}
+    return dict.fromkeys(rows, int(study.base.train.batch_size))
 
 
 def _baseline_of(finished: pd.DataFrame, group: pd.DataFrame) -> pd.DataFrame | None:

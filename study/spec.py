@@ -213,6 +213,110 @@ def _allowed_metrics(tasks: Iterable[str]) -> str:
     return ", ".join(names)
 
 
+# --------------------------------------------------------------------------- the pre-registered hypothesis
+
+
+class ContrastSpec(_Strict):
+    """treated - reference, paired over seeds. A cell is flat dotted keys of the run configuration;
+    every key it does not name keeps the base's value, so `{data.info_gap: 1.0, regularizers.align: 1.0}`
+    is the arm with pressure alone (gc, dfs, bb at the base's 0), not every arm with pressure."""
+
+    treated: dict[str, Any] = Field(min_length=1)
+    reference: dict[str, Any] = Field(min_length=1)
+
+
+class ComparisonSpec(_Strict):
+    """One comparison on each of `metrics`: `effect`, or the interaction `effect - minus` (a difference
+    of two paired differences, per seed)."""
+
+    name: str = Field(min_length=1)
+    metrics: list[str] = Field(min_length=1)
+    alternative: Literal["less", "greater", "two-sided"]
+    effect: ContrastSpec
+    minus: ContrastSpec | None = None
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_unique(cls, metrics: list[str]) -> list[str]:
+        if len(set(metrics)) != len(metrics):
+            raise ValueError("must be unique")
+        return metrics
+
+
+class HypothesisSpec(_Strict):
+    """Written in the study file before it runs; tested at the report's alpha (0.05). The report tests
+    `primary` (one Holm family over its metrics) and leads with its verdict; `secondary` comparisons
+    form a second Holm family, labelled as such. `power_effect`: the effect size (d_z) for which a
+    negative primary result states its power."""
+
+    statement: str = Field(min_length=1)
+    correction: Literal["holm"] = "holm"
+    primary: ComparisonSpec
+    secondary: list[ComparisonSpec] = Field(default_factory=list)
+    power_effect: float = Field(1.0, gt=0.0)
+
+
+def resolved_cell(base: RunConfig, cell: dict[str, Any]) -> dict[str, Any]:
+    """The flat configuration of a hypothesis cell: the base with the cell's keys set."""
+    tree = base.model_dump()
+    for key, value in cell.items():
+        set_dotted(tree, key, value, merge=True)
+    return flatten(tree)
+
+
+def grid_cells(spec: StudySpec) -> list[dict[str, Any]]:
+    """Every configuration a grid study runs (seeds aside), flat and resolved."""
+    import itertools
+
+    axes = {key: grid_values(param) for key, param in spec.search.space.items()}
+    cells = []
+    for combination in itertools.product(*axes.values()):
+        cells.append(resolved_cell(spec.base, dict(zip(axes, combination, strict=True))))
+    return cells
+
+
+def _hypothesis_problems(spec: StudySpec) -> list[str]:
+    hypothesis = spec.hypothesis
+    if hypothesis is None:
+        return []
+    if spec.search.method != "grid":
+        return ["hypothesis: a pre-registered comparison needs method: grid (every cell run on every seed)"]
+    known_keys = flatten(spec.base.model_dump())
+    compared_keys = searched_keys(spec.search.space)
+    cells = grid_cells(spec)
+    problems = []
+    named = [("primary", hypothesis.primary)] + [(f"secondary[{i}]", c) for i, c in enumerate(hypothesis.secondary)]
+    for where, comparison in named:
+        for i, metric in enumerate(comparison.metrics):
+            try:
+                task = metric_task(metric)
+            except ValueError as exc:
+                problems.append(f"hypothesis.{where}.metrics[{i}]: {exc}")
+                continue
+            if task is not None and task not in spec.base.eval.tasks:
+                problems.append(f"hypothesis.{where}.metrics[{i}]: {metric} needs task {task!r} in base.eval.tasks")
+        contrasts = [("effect", comparison.effect)] + ([("minus", comparison.minus)] if comparison.minus else [])
+        for name, contrast in contrasts:
+            for side in ("treated", "reference"):
+                cell = getattr(contrast, side)
+                path = f"hypothesis.{where}.{name}.{side}"
+                unknown = [key for key in cell if key not in known_keys]
+                if unknown:
+                    problems.append(f"{path}.{unknown[0]}: unknown configuration key")
+                    continue
+                try:
+                    resolved = resolved_cell(spec.base, cell)
+                except ConfigError as exc:
+                    problems.append(f"{path}: {exc}")
+                    continue
+                keys = list(dict.fromkeys([*compared_keys, *cell]))
+                if not any(all(grid.get(key) == resolved.get(key) for key in keys) for grid in cells):
+                    where_text = ", ".join(f"{key}={value}" for key, value in cell.items())
+                    problems.append(f"{path}: no grid cell of search.space is {where_text} "
+                                    "(with every other searched key at the base's value)")
+    return problems
+
+
 # --------------------------------------------------------------------------- the study
 
 
@@ -220,6 +324,7 @@ class StudySpec(_Strict):
     name: str = Field(min_length=1)
     base: RunConfig = Field(default_factory=RunConfig)
     search: SearchConfig
+    hypothesis: HypothesisSpec | None = None  # pre-registered comparisons (see HypothesisSpec)
 
     @model_validator(mode="after")
     def _cross_check(self) -> StudySpec:
@@ -229,6 +334,7 @@ class StudySpec(_Strict):
             + _metric_problems(self)
             + _method_problems(self.search)
             + _space_key_problems(self)
+            + _hypothesis_problems(self)
         )
         if problems:
             raise ValueError("; ".join(problems))

@@ -7,12 +7,14 @@ import json
 import analysis_fixtures as fx
 import numpy as np
 import pytest
-from scipy import stats
 
 import analysis
 from analysis.loading import expected_trial_count, missing_trials
-from analysis.stats import compare
-from analysis.tables import ablation_table, reference_table
+from analysis.stats import PAIRED_EXACT, UNPAIRED, compare, correct
+from analysis.summary import select_configuration
+from analysis.tables import SELECTED_MARK, ablation_table, reference_table
+
+TOP1 = fx.ZEROSHOT
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +32,18 @@ def _by(trials, config, seed):
 
 
 def test_load_statuses_labels_and_final_metrics(trials):
-    assert len(trials) == 12
+    assert len(trials) == 40
     assert set(trials["config"]) == {"baseline", "+DFS", "+GC", "+DFS+GC"}
-    assert trials["status"].value_counts().to_dict() == {"finished": 10, "stopped_early": 1, "failed": 1}
+    assert trials["status"].value_counts().to_dict() == {"finished": 38, "stopped_early": 1, "failed": 1}
     failed = _by(trials, "+DFS+GC", 2)
     assert failed["status"] == "failed" and failed["error"] == "RuntimeError: CUDA out of memory (simulated)"
     stopped = _by(trials, "+DFS+GC", 1)
     assert stopped["epochs_completed"] == 1 and "1 of 3" in stopped["error"]
     # The truncated last line of the baseline's seed-2 result.json is skipped; the epochs before it count.
     truncated = _by(trials, "baseline", 2)
-    assert truncated["status"] == "finished" and truncated["zeroshot/top1"] == pytest.approx(0.44)
-    assert _by(trials, "+GC", 1)["zeroshot/top1"] == pytest.approx(0.42 + 0.11)
+    assert truncated["status"] == "finished" and truncated[TOP1] == pytest.approx(0.42)
+    assert _by(trials, "+GC", 1)[TOP1] == pytest.approx(0.41 + 0.10)
+    assert _by(trials, "+DFS", 1)[f"val/{TOP1}"] == pytest.approx(0.41 - 0.02 + fx.VAL_DFS_BONUS)
     assert _by(trials, "+GC", 0)["time_total_s"] == pytest.approx(30.0)
     assert (trials["resources.num_workers"] == 2).all()
     assert trials[trials["is_baseline"]]["config"].unique().tolist() == ["baseline"]
@@ -48,20 +51,20 @@ def test_load_statuses_labels_and_final_metrics(trials):
 
 def test_load_history_is_long_form_per_epoch(ablation_dir):
     history = analysis.load_history(ablation_dir)
-    curve = history[(history["config"] == "+GC") & (history["seed"] == 0) & (history["metric"] == "zeroshot/top1")]
+    curve = history[(history["config"] == "+GC") & (history["seed"] == 0) & (history["metric"] == TOP1)]
     assert curve["epoch"].tolist() == [1, 2, 3]
-    assert curve["value"].tolist() == pytest.approx([0.5 / 3, 1.0 / 3, 0.5])
+    assert curve["value"].tolist() == pytest.approx([0.49 / 3, 0.98 / 3, 0.49])
 
 
 def test_partial_study_reports_missing_and_empty_trials(tmp_path):
-    root = fx.write_results_dir(tmp_path / "partial", fx.ablation_search(), fx.ablation_trials()[:9])
+    root = fx.write_results_dir(tmp_path / "partial", fx.ablation_search(), fx.ablation_trials()[:37])
     (root / "trials" / "train_trial_empty").mkdir()  # started, nothing written yet
     trials = analysis.load(root)
     study = trials.attrs["study"]
-    assert expected_trial_count(study) == 12
+    assert expected_trial_count(study) == 40
     assert trials["status"].value_counts()["incomplete"] == 1
     missing = missing_trials(study, trials)
-    assert missing == [f"regularizers.dfs=1.0, regularizers.gc=0.5, seed={seed}" for seed in (0, 1, 2)]
+    assert missing == [f"regularizers.dfs=1.0, regularizers.gc=0.5, seed={seed}" for seed in (7, 8, 9)]
 
 
 def test_not_a_results_dir_is_a_value_error(tmp_path):
@@ -72,7 +75,7 @@ def test_not_a_results_dir_is_a_value_error(tmp_path):
 
 
 def test_weighted_labels_when_a_weight_is_searched(tmp_path):
-    specs = [fx.TrialSpec({"regularizers.gc": weight, "train.seed": 0}, {"zeroshot/top1": 0.5})
+    specs = [fx.TrialSpec({"regularizers.gc": weight, "train.seed": 0}, {TOP1: 0.5})
              for weight in (0.0, 0.31, 1.0)]
     search = {**fx.ablation_search(), "space": {"regularizers.gc": {"type": "grid", "values": [0.0, 0.31, 1.0]}},
               "seeds": [0]}
@@ -80,16 +83,20 @@ def test_weighted_labels_when_a_weight_is_searched(tmp_path):
     assert sorted(labels) == ["GC=0.31", "GC=1", "baseline"]
 
 
-def test_paired_t_test_and_bootstrap_fallback():
+def test_paired_sign_flip_test_and_no_bootstrap_on_unpaired_runs():
     baseline = np.array(fx.BASELINE_TOP1)
     treated = baseline + np.array(fx.GC_GAIN)
-    paired = compare(_series(treated, [0, 1, 2]), _series(baseline, [0, 1, 2]))
-    assert paired.test == "paired t-test" and paired.significant
-    assert paired.p_value == pytest.approx(stats.ttest_rel(treated, baseline).pvalue)
-    assert paired.cohens_d == pytest.approx(0.10 / 0.01)
-    unpaired = compare(_series(treated, [0, 1, 2]), _series(baseline, [5, 6, 7]))  # no seed in common
-    assert unpaired.test == "bootstrap CI" and unpaired.p_value is None and unpaired.ci[0] < 0.1 < unpaired.ci[1]
-    assert compare(_series([1.0], [0]), _series([0.5], [0])).test == "none"
+    paired = compare(_series(treated, fx.SEEDS), _series(baseline, fx.SEEDS))
+    assert paired.test == PAIRED_EXACT and paired.n_pairs == 10
+    assert paired.p_value == pytest.approx(2 / 2**10)  # every difference positive: the two-sided floor
+    differences = treated - baseline
+    assert paired.effect == pytest.approx(differences.mean() / differences.std(ddof=1))
+    assert not paired.significant  # uncorrected: a verdict needs its family's correction
+    assert correct([paired], "alone")[0].significant
+    # no seed in common, 3 runs a side: the permutation test's smallest two-sided p is 2/20 = 0.1
+    unpaired = correct([compare(_series(treated[:3], [0, 1, 2]), _series(baseline[:3], [5, 6, 7]))], "u")[0]
+    assert unpaired.test == UNPAIRED and not unpaired.significant and not unpaired.testable
+    assert compare(_series([1.0], [0]), _series([0.5], [0])).p_value is None
 
 
 def _series(values, seeds):
@@ -98,36 +105,57 @@ def _series(values, seeds):
     return pd.Series(list(values), index=seeds, dtype=float)
 
 
-def test_ablation_table_numbers_marks_and_bold(trials):
-    table = ablation_table(trials, ["zeroshot/top1", "retrieval/mean_recall", "structure/alignment"], "Downstream")
+def test_ablation_table_numbers_marks_bold_and_holm_family(trials):
+    table = ablation_table(trials, [TOP1, "retrieval/mean_recall", "structure/alignment"], "Downstream",
+                           selected="+DFS")
     assert table.rows == ["baseline", "+DFS", "+GC", "+DFS+GC"]
-    gc = table.cells[("+GC", "zeroshot/top1")]
-    assert (gc.mean, gc.n) == (pytest.approx(0.52), 3)
+    # one family: 3 compared configurations x 3 metrics
+    assert table.family_size == 9
+    gc = table.cells[("+GC", TOP1)]
+    assert (gc.mean, gc.n) == (pytest.approx(np.mean(np.add(fx.BASELINE_TOP1, fx.GC_GAIN))), 10)
     assert gc.std == pytest.approx(np.std(np.add(fx.BASELINE_TOP1, fx.GC_GAIN), ddof=1))
-    assert gc.comparison.delta == pytest.approx(0.10) and gc.comparison.p_value == pytest.approx(0.0033, abs=2e-4)
-    assert gc.mark == "*"
-    dfs = table.cells[("+DFS", "zeroshot/top1")]
-    assert dfs.mark == "" and dfs.comparison.p_value > 0.5
-    only_finished = table.cells[("+DFS+GC", "zeroshot/top1")]
-    assert only_finished.n == 1 and only_finished.comparison.test == "none"
-    # lower is better for structure/alignment; ties (retrieval is equal everywhere) mark nothing
+    assert gc.comparison.p_value == pytest.approx(2 / 1024)
+    assert gc.comparison.corrected_p == pytest.approx(9 * 2 / 1024)  # the smallest p: Holm's first step, x 9
+    assert gc.mark == "*" and gc.comparison.family_size == 9
+    dfs = table.cells[("+DFS", TOP1)]
+    assert dfs.mark == "" and dfs.comparison.corrected_p > 0.5
+    # +DFS+GC: 8 finished seeds; its top-1 gain is on every seed, but the smallest p at n = 8,
+    # 2/256, times m = 9 is 0.07: it cannot pass, and it says so
+    both = table.cells[("+DFS+GC", TOP1)]
+    assert both.n == 8 and not both.comparison.testable and both.mark == ""
+    assert both.comparison.certainty().startswith("not testable at n = 8 (smallest attainable p = 0.00781;")
+    # lower is better for structure/alignment; tied best values are all bold (retrieval is equal per seed,
+    # and +DFS+GC lacks two seeds)
     assert table.cells[("+DFS+GC", "structure/alignment")].best
-    assert not any(table.cells[(row, "retrieval/mean_recall")].best for row in table.rows)
+    assert [table.cells[(row, "retrieval/mean_recall")].best for row in table.rows] == [True, True, True, False]
     markdown = table.to_markdown()
-    assert "| +GC | 0.520 ± 0.017 (3) Δ +0.100* |" in markdown
-    assert "| +DFS | 0.423 ± 0.021 (3) Δ +0.003 |" in markdown
+    assert "| +GC [batch 32] | 0.508 ± 0.018 (10) Δ +0.099\\* |" in markdown
+    assert f"| +DFS [batch 32] {SELECTED_MARK} | 0.415 ± 0.018 (10) Δ +0.006 |" in markdown
+    assert "| baseline | 0.409" in markdown and "family of m = 9" in markdown
     latex = table.to_latex(label="tab:test")
-    assert "\\toprule" in latex and "\\bfseries 0.530" in latex and "$\\Delta$ +0.100$^{*}$" in latex
+    assert "\\toprule" in latex and "$\\Delta$ +0.099$^{*}$" in latex and "m = 9" in latex
     assert "retrieval/mean\\_recall" in latex
     assert "font-weight: bold" in table.to_html()
     csv_rows = table.frame().set_index(["config", "metric"])
-    assert csv_rows.loc[("+GC", "zeroshot/top1"), "significant"]
-    assert not csv_rows.loc[("+DFS", "zeroshot/top1"), "significant"]
+    assert csv_rows.loc[("+GC", TOP1), "verdict"] == "significant"
+    assert csv_rows.loc[("+DFS", TOP1), "verdict"] == "not significant"
+    assert csv_rows.loc[("+DFS+GC", TOP1), "verdict"] == "not testable"
+    assert csv_rows.loc[("+DFS", TOP1), "selected"] and csv_rows.loc[("+GC", TOP1), "batch_size"] == 32
+
+
+def test_selection_uses_the_validation_metric_and_falls_back_visibly(trials):
+    selection = select_configuration(trials, TOP1, "max")
+    # on test, +DFS+GC and +GC lead; validation favours +DFS, and validation decides
+    assert selection.config == "+DFS" and selection.by_metric == f"val/{TOP1}" and selection.note == ""
+    old = trials.drop(columns=[f"val/{TOP1}"])
+    fallback = select_configuration(old, TOP1, "max")
+    assert fallback.config == "+DFS+GC" and fallback.by_metric == TOP1
+    assert f"no val/{TOP1}" in fallback.note
 
 
 def test_reference_table_matches_paper_data_sets(tmp_path):
     specs = [fx.TrialSpec({"regularizers.gc": gc, "train.seed": seed},
-                          {"zeroshot/top1": 0.3, "zeroshot/cifar10/top1": 0.40 + gc / 10, "zeroshot/svhn/top1": 0.2})
+                          {"zeroshot/cifar10/top1": 0.40 + gc / 10, "zeroshot/svhn/top1": 0.2})
              for gc in (0.0, 0.5) for seed in (0, 1)]
     search = {**fx.ablation_search(), "seeds": [0, 1],
               "space": {"regularizers.gc": {"type": "grid", "values": [0.0, 0.5]}}}
@@ -146,25 +174,13 @@ def test_result_json_garbage_lines_are_skipped(tmp_path):
     assert analysis.load(root)["status"].tolist() == ["finished"]
 
 
-def _pressure(deltas, p_values, ds):
-    import pandas as pd
+def test_info_gap_cells_resolve_unnamed_keys_to_the_base(tmp_path):
+    from analysis.info_gap import cell_trials
 
-    metrics = ["linear_probe/image_only/image", "linear_probe/text_only/text"] * (len(deltas) // 2)
-    return pd.DataFrame({"metric": metrics, "info_gap": [0.5, 0.5, 1.0, 1.0][:len(deltas)], "delta": deltas,
-                         "p_value": p_values, "cohens_d": ds, "n": 5})
-
-
-def test_info_gap_verdict_tells_a_consistent_unestablished_drop_from_none():
-    from analysis.info_gap import _verdict
-
-    empty = _pressure([], [], []).iloc[0:0]
-    # rows: image probe at 0.5, text probe at 0.5, image probe at 1, text probe at 1
-    text_drops = _pressure([-0.006, -0.068, -0.003, -0.143], [0.42, 0.062, 0.39, 0.052], [-0.4, -1.15, -0.44, -1.23])
-    verdict = _verdict(text_drops, empty)
-    assert verdict.startswith("The predicted direction, not established: the text-only attribute probe")
-    assert "-0.068 at gap 0.5, -0.143 at gap 1" in verdict and "n = 5 paired seeds" in verdict
-    assert "the image-only attribute probe (image embedding) does not drop consistently" in verdict
-    one_gap_only = _pressure([-0.006, -0.068, -0.003, 0.01], [0.42, 0.062, 0.39, 0.8], [-0.4, -1.15, -0.44, 0.1])
-    assert _verdict(one_gap_only, empty).startswith("The predicted effect does not appear: 0 of 4")
-    significant = _pressure([-0.08, -0.13], [0.01, 0.02], [-2.0, -1.8])
-    assert _verdict(significant, empty).startswith("The first half of the predicted effect appears")
+    trials = analysis.load(fx.write_info_gap_study(tmp_path / "gap"))
+    study = trials.attrs["study"]
+    # "pressure alone" is not every arm with pressure: gc keeps the base's 0
+    alone = cell_trials(trials, study, {"data.info_gap": 1.0, "regularizers.align": 1.0})
+    assert len(alone) == 8 and (alone["regularizers.gc"] == 0).all() and (alone["data.info_gap"] == 1).all()
+    with_gc = cell_trials(trials, study, {"data.info_gap": 1.0, "regularizers.align": 1.0, "regularizers.gc": 0.5})
+    assert len(with_gc) == 8 and (with_gc["regularizers.gc"] == 0.5).all()
