@@ -1,7 +1,9 @@
 """`python -m study.run SPACE.yaml [--set k=v ...] [--address auto|ADDR] [--resume] [--dry-run] [--results DIR]`
 
 Runs a study: Ray Tune (Optuna or a grid, seeds as repeated trials) over Ray Train trials, then
-writes the ablation report. Everything the study produces lives in the results directory:
+writes the ablation report. Optuna, ASHA and the progress table select on the validation counterpart
+of the study's `search.metric` (val/<metric>); the report shows the plain (test) metric.
+Everything the study produces lives in the results directory:
 
     study.yaml   the resolved study          optuna.db   Optuna's RDB storage (optuna studies)
     trials/      Tune's experiment           train/      each trial's Ray Train run and checkpoints
@@ -24,7 +26,7 @@ from ray.tune.search import Repeater
 from ray.tune.search.repeater import TRIAL_INDEX
 
 from analysis.files import write_atomic
-from study.spec import StudySpec, load_study, searched_keys
+from study.spec import StudySpec, load_study, searched_keys, selection_metric
 from trainers.config import ConfigError
 from trainers.train import CHECKPOINTS_KEPT, init_ray
 
@@ -150,7 +152,7 @@ def build_tune_config(spec: StudySpec, results: str, concurrency: int):
 
         scheduler = ASHAScheduler(
             time_attr="training_iteration",
-            metric=search.metric,
+            metric=selection_metric(search.metric),
             mode=search.mode,
             max_t=search.scheduler.max_t or spec.base.train.epochs,
             grace_period=search.scheduler.grace_period,
@@ -172,7 +174,7 @@ def build_tune_config(spec: StudySpec, results: str, concurrency: int):
     storage = None if is_uri(results) else optuna.storages.RDBStorage(f"sqlite:///{local_path(results) / OPTUNA_FILE}")
     searcher = OptunaSearch(
         space=optuna_define_by_run(search.space),
-        metric=search.metric,
+        metric=selection_metric(search.metric),
         mode=search.mode,
         study_name=spec.name,
         storage=storage,
@@ -221,8 +223,11 @@ def build_tuner(spec: StudySpec, results: str, resume: bool):
     # Tune's table flattens a nested config with "/": a block parameter's keys are regularizers/gc, ...
     parameter_columns = [key if key in spec.search.space else key.replace(".", "/", 1)
                          for key in searched_keys(spec.search.space)]
+    # selection runs on the validation metric; the test metric beside it is what the report shows
+    selected_on = selection_metric(spec.search.metric)
     reporter = tune.CLIReporter(
-        metric_columns={"epoch": "epoch", spec.search.metric: spec.search.metric, "train/loss": "loss"},
+        metric_columns={"epoch": "epoch", selected_on: selected_on, spec.search.metric: spec.search.metric,
+                        "train/loss": "loss"},
         parameter_columns=parameter_columns + ["train.seed"],
         max_report_frequency=30,
     )

@@ -161,8 +161,9 @@ class SearchConfig(_Strict):
 
 # --------------------------------------------------------------------------- metrics
 
+# Zero-shot is per set only (zeroshot/<set>/top{1,3,5}, a pattern below): sets differ in difficulty
+# and chance level, so a mean across them would hide which one moved.
 _EXACT_METRICS = {
-    "zeroshot": ["zeroshot/top1", "zeroshot/top3", "zeroshot/top5"],
     "retrieval": [
         f"retrieval/{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)
     ] + ["retrieval/mean_recall"],
@@ -204,8 +205,18 @@ def metric_task(metric: str) -> str | None:
     raise ValueError(f"unknown metric {metric!r}")
 
 
+VALIDATION_PREFIX = "val/"  # evaluation reports each metric on validation data under this prefix
+
+
+def selection_metric(metric: str) -> str:
+    """What Tune, Optuna and ASHA optimise for a study's `search.metric`: its validation counterpart.
+    Hyperparameters are selected on validation data; the plain (test) metric is what reports show."""
+    return f"{VALIDATION_PREFIX}{metric}"
+
+
 def _allowed_metrics(tasks: Iterable[str]) -> str:
-    names = list(TRAINING_METRICS)
+    """The evaluation metrics a study may name as search.metric (training metrics have no validation split)."""
+    names: list[str] = []
     for task in tasks:
         names += _EXACT_METRICS.get(task, [])
         if task in _METRIC_PATTERNS:
@@ -392,12 +403,16 @@ def _data_path_problems(base: RunConfig) -> list[str]:
 
 def _metric_problems(spec: StudySpec) -> list[str]:
     metric, tasks = spec.search.metric, spec.base.eval.tasks
+    if metric.startswith(VALIDATION_PREFIX):
+        return [f"search.metric: name the plain metric ({metric.removeprefix(VALIDATION_PREFIX)}); the study "
+                f"optimises its validation counterpart {metric} itself and reports the plain (test) one"]
     try:
         task = metric_task(metric)
     except ValueError as exc:
         return [f"search.metric: {exc} (allowed: {_allowed_metrics(tasks)})"]
     if task is None:
-        return []
+        return [f"search.metric: {metric} is a training metric, which has no validation counterpart; "
+                f"hyperparameters are selected on validation data (allowed: {_allowed_metrics(tasks)})"]
     if task not in tasks:
         return [
             f"search.metric: {metric} needs task {task!r} in base.eval.tasks "
@@ -407,7 +422,51 @@ def _metric_problems(spec: StudySpec) -> list[str]:
         return [f"search.metric: {metric} needs its K in base.eval.kshot (have {spec.base.eval.kshot})"]
     if spec.search.scheduler.type == "asha" and not spec.base.eval.every_epoch:
         return ["search.scheduler.type: asha compares trials every epoch; set base.eval.every_epoch: true"]
-    return []
+    problem = _validation_counterpart_problem(spec.base, metric, task)
+    return [f"search.metric: {problem}"] if problem else []
+
+
+# Real zero-shot sets whose loader has a training split: only their linear probes have validation data
+# (trainers/data/real_tasks.py; the others train their probe on the validation half).
+_REAL_SETS_WITH_PROBE_TRAINING = ("cifar10", "cifar100")
+
+
+def _validation_counterpart_problem(base: RunConfig, metric: str, task: str) -> str | None:
+    """Why evaluation would not report val/<metric> for this configuration, or None when it will."""
+    data = base.data
+    if data.dataset == "synthetic":
+        from trainers.data.synthetic_tasks import PROBES, ZEROSHOT_SETS
+
+        sets, probe_targets = list(ZEROSHOT_SETS), [name for name, *_ in PROBES]
+        first_probe_target = next(name for name, _, kind, _ in PROBES if kind == "shared")
+    else:
+        kinds = {_real_set_name(entry): entry.partition(":")[0] for entry in data.zeroshot}
+        sets = list(kinds)
+        probe_targets = [name for name, kind in kinds.items() if kind in _REAL_SETS_WITH_PROBE_TRAINING]
+        first_probe_target = next(iter(kinds), None)
+    part = metric.split("/")
+    if task == "zeroshot" and part[1] not in sets:
+        return f"{metric} names no zero-shot set of base.data (sets: {', '.join(sets) or 'none'})"
+    if task == "linear_probe" and part[1] != "top1" and part[1] not in probe_targets:
+        return (f"{metric}: no probe {part[1]!r} with validation data (probes with it: "
+                f"{', '.join(probe_targets) or 'none'})")
+    if (task == "kshot" or metric == "linear_probe/top1") and first_probe_target not in probe_targets:
+        return (f"{metric} is scored on the first zero-shot set's probe ({first_probe_target}), which has no "
+                "validation data (its probe trains on the validation half)")
+    if data.dataset != "synthetic":
+        if task in ("vqa", "nlvr", "ve"):
+            return f"{metric}: real {task} annotations have no validation split, so val/{metric} is never reported"
+        if task in ("retrieval", "structure") and "retrieval" not in data.annotations:
+            return f"{metric} needs base.data.annotations.retrieval (its validation part is selected on)"
+    return None
+
+
+def _real_set_name(entry: str) -> str:
+    """The name a real zero-shot entry's metrics carry (trainers/data/real_tasks.load_zeroshot_entry)."""
+    kind, _, location = entry.partition(":")
+    if kind == "folder":
+        return Path(location.partition("::")[0]).name
+    return kind
 
 
 def _method_problems(search: SearchConfig) -> list[str]:

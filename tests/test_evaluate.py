@@ -399,6 +399,17 @@ def counting_encoders(encoded: dict[str, int]):
     return counting_images, counting_texts
 
 
+def test_validation_without_the_shared_probe_reports_no_top1_for_another_probe():
+    tasks = make_task_sets(validation=True)
+    tasks.validation.probes = [tasks.validation.probes[1]]  # real data: only some sets have validation probes
+    tasks.validation.probes[0].kind = "shared"
+    config = EvalConfig(tasks=["linear_probe", "kshot"], kshot=[1])
+    metrics = evaluate_two_tower(*oracle_encoders(independent=False), tasks, config)
+    assert "linear_probe/top1" in metrics and "kshot/k1" in metrics
+    assert "val/linear_probe/image_only/image" in metrics
+    assert "val/linear_probe/top1" not in metrics and "val/kshot/k1" not in metrics
+
+
 def test_probes_sharing_a_split_encode_it_once():
     encoded = {"images": 0, "texts": 0}
     tasks = make_task_sets(num_per_split=48)

@@ -54,8 +54,8 @@ def test_dry_run_prints_the_resolved_study_and_starts_nothing(tmp_path: Path):
     tree = yaml.safe_load(resolved)
     assert tree["base"]["train"]["epochs"] == 2
     assert tree["search"]["space"]["regularizers.gc"]["type"] == "loguniform"
-    # (3 Optuna samples + the baseline) x 2 seeds, one 1-CPU worker each
-    assert summary == "study gc: 8 trials (optuna, 2 seed(s)); each trial: 1 worker(s), 1 CPU"
+    # (3 Optuna samples + the baseline) x 5 seeds, one 1-CPU worker each
+    assert summary == "study gc: 20 trials (optuna, 5 seed(s)); each trial: 1 worker(s), 1 CPU"
     assert "Ray" not in proc.stdout + proc.stderr
     assert not results.exists()
 

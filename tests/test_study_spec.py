@@ -20,6 +20,7 @@ from study.spec import StudySpec, build_study, load_study
 from trainers.config import ConfigError, RunConfig
 
 SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+SELECTED_ON = "val/zeroshot/synthetic_shapes/top1"  # what Tune and Optuna optimise for GOOD_STUDY
 
 GOOD_STUDY = """
 name: gc
@@ -28,7 +29,7 @@ base:
   train: {epochs: 2}
 search:
   method: optuna
-  metric: zeroshot/top1
+  metric: zeroshot/synthetic_shapes/top1
   num_samples: 3
   seeds: [0, 1]
   space:
@@ -90,14 +91,14 @@ def test_paper_clip_is_the_papers_setup(paper_paths: list[str]):
 def test_default_gc_study_is_small_enough_for_a_laptop():
     spec = load_study(SEARCH_SPACES / "gc.yaml")
     assert spec.base.model.arch == "tiny-rn" and not spec.base.resources.use_gpu
-    assert spec.search.seeds == [0, 1] and spec.num_trials() == (3 + 1) * 2  # + the baseline
+    assert spec.search.seeds == [0, 1, 2, 3, 4] and spec.num_trials() == (3 + 1) * 5  # + the baseline
 
 
 def test_combos_is_every_on_off_combination_times_seeds():
     spec = load_study(SEARCH_SPACES / "combos.yaml")
     cells = {tuple(v[k] for k in ("regularizers.gc", "regularizers.bb", "regularizers.dfs"))
              for _, v in generate_variants(grid_param_space(spec.search.space, spec.search.seeds))}
-    assert len(cells) == 8 and spec.num_trials() == 24
+    assert len(cells) == 8 and spec.num_trials() == 8 * 5
 
 
 # --------------------------------------------------------------------------- overrides
@@ -185,11 +186,24 @@ BAD_STUDIES = {
         r"^search\.space\.train\.seed: seeds come from search\.seeds$"),
     "unknown metric": (
         _set("search/metric", "zeroshot/top2"),
-        r"^search\.metric: unknown metric 'zeroshot/top2' \(allowed: .*zeroshot/top1.*zeroshot/<set>/top"),
+        r"^search\.metric: unknown metric 'zeroshot/top2' \(allowed: zeroshot/<set>/top.*retrieval/mean_recall"),
+    "cross-set zero-shot mean": (
+        _set("search/metric", "zeroshot/top1"), r"^search\.metric: unknown metric 'zeroshot/top1'"),
+    "unknown zero-shot set": (
+        _set("search/metric", "zeroshot/cifar10/top1"),
+        r"^search\.metric: zeroshot/cifar10/top1 names no zero-shot set of base\.data "
+        r"\(sets: synthetic_shapes, synthetic_colours\)$"),
+    "validation metric named": (
+        _set("search/metric", "val/zeroshot/synthetic_shapes/top1"),
+        r"^search\.metric: name the plain metric \(zeroshot/synthetic_shapes/top1\); the study optimises its "
+        r"validation counterpart val/zeroshot/synthetic_shapes/top1 itself"),
+    "training metric": (
+        _set("search/metric", "train/loss"),
+        r"^search\.metric: train/loss is a training metric, which has no validation counterpart"),
     "metric task not evaluated": (
         _set("base/eval/tasks", ["retrieval"]),
-        r"^search\.metric: zeroshot/top1 needs task 'zeroshot' in base\.eval\.tasks \(evaluated: retrieval\. "
-        r"Allowed metrics: .*retrieval/mean_recall"),
+        r"^search\.metric: zeroshot/synthetic_shapes/top1 needs task 'zeroshot' in base\.eval\.tasks "
+        r"\(evaluated: retrieval\. Allowed metrics: .*retrieval/mean_recall"),
     "missing data path": (
         _set("base/data", {"dataset": "csv", "path": "/no/such/train.csv"}),
         r"^base\.data\.path: /no/such/train\.csv does not exist$"),
@@ -231,7 +245,7 @@ def test_bad_study_gives_one_line_naming_the_key(tmp_path: Path, case: str):
 
 
 def test_malformed_yaml_names_file_and_line(tmp_path: Path):
-    path = write_study(tmp_path, "name: x\nsearch:\n  metric: [zeroshot/top1\n  mode: max\n")
+    path = write_study(tmp_path, "name: x\nsearch:\n  metric: [zeroshot/synthetic_shapes/top1\n  mode: max\n")
     with pytest.raises(ConfigError, match=rf"^{path}:\d+:\d+: malformed YAML"):
         load_study(path)
 
@@ -242,13 +256,47 @@ def test_missing_search_section(tmp_path: Path):
 
 
 @pytest.mark.parametrize("metric", [
-    "train/loss", "epoch", "zeroshot/top5", "zeroshot/cifar10/top3", "retrieval/t2i_r10",
+    "zeroshot/synthetic_shapes/top5", "zeroshot/synthetic_colours/top3", "retrieval/t2i_r10",
     "linear_probe/top1", "linear_probe/image_only/text_independent", "kshot/k5", "structure/modality_gap",
 ])
 def test_known_metrics_are_accepted(tmp_path: Path, metric: str):
     tasks = ["zeroshot", "retrieval", "linear_probe", "kshot", "structure"]
     spec = load_study(study_with(tmp_path, _edits(_set("search/metric", metric), _set("base/eval/tasks", tasks))))
     assert spec.search.metric == metric
+
+
+@pytest.mark.parametrize(("zeroshot", "annotations", "metric", "problem"), [
+    (["cifar10:{root}/cifar10"], {}, "zeroshot/cifar10/top1", None),
+    (["cifar10:{root}/cifar10"], {}, "linear_probe/cifar10/image", None),
+    (["imagenet:{root}/imagenet"], {}, "linear_probe/top1",
+     r"linear_probe/top1 is scored on the first zero-shot set's probe \(imagenet\), which has no validation data"),
+    (["cifar10:{root}/cifar10"], {}, "retrieval/mean_recall",
+     r"retrieval/mean_recall needs base\.data\.annotations\.retrieval"),
+    (["cifar10:{root}/cifar10"], {"vqa_train": "{root}/a.json", "vqa_test": "{root}/a.json"}, "vqa/accuracy",
+     r"vqa/accuracy: real vqa annotations have no validation split"),
+])
+def test_real_data_metric_needs_a_validation_counterpart(tmp_path: Path, zeroshot, annotations, metric, problem):
+    for name in ("cifar10", "imagenet"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "a.json").write_text("[]")
+    data = {"dataset": "csv", "path": str(tmp_path / "a.json"), "zeroshot": [z.format(root=tmp_path) for z in zeroshot],
+            "annotations": {key: value.format(root=tmp_path) for key, value in annotations.items()}}
+    tasks = ["zeroshot", "retrieval", "linear_probe", "vqa"]
+    path = study_with(tmp_path, _edits(_set("base/data", data), _set("base/eval/tasks", tasks),
+                                       _set("search/metric", metric)))
+    if problem is None:
+        assert load_study(path).search.metric == metric
+    else:
+        with pytest.raises(ConfigError, match=rf"^search\.metric: {problem}"):
+            load_study(path)
+
+
+def test_tune_selects_on_the_validation_metric(tmp_path: Path):
+    from study.run import build_tune_config
+
+    edit = _edits(_set("search/seeds", [0]), _set("search/scheduler", {"type": "asha"}))
+    tune_config, _ = build_tune_config(load_study(study_with(tmp_path, edit)), str(tmp_path), 1)
+    assert tune_config.search_alg.searcher.metric == SELECTED_ON == tune_config.scheduler.metric
 
 
 def test_kshot_metric_needs_its_k(tmp_path: Path):
@@ -308,7 +356,7 @@ def test_optional_param_is_conditional():
 
 def test_ray_optuna_search_gives_flat_dotted_configs_and_seeded_repeats():
     spec = load_study(SEARCH_SPACES / "joint.yaml")
-    searcher = OptunaSearch(space=optuna_define_by_run(spec.search.space), metric="zeroshot/top1", mode="max", seed=3)
+    searcher = OptunaSearch(space=optuna_define_by_run(spec.search.space), metric=SELECTED_ON, mode="max", seed=3)
     repeater = Repeater(searcher, repeat=len(spec.search.seeds), set_index=True)
     configs = [repeater.suggest(f"t{i}") for i in range(2 * len(spec.search.seeds))]
     for config in configs:
@@ -363,12 +411,12 @@ def test_optuna_sqlite_study_records_dotted_and_switch_params(tmp_path: Path):
     reports the mean over its seeds as one Optuna trial."""
     spec = load_study(SEARCH_SPACES / "joint.yaml")
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
-    searcher = OptunaSearch(space=optuna_define_by_run(spec.search.space), metric="zeroshot/top1", mode="max",
+    searcher = OptunaSearch(space=optuna_define_by_run(spec.search.space), metric=SELECTED_ON, mode="max",
                             storage=storage, study_name="joint", seed=0)
     repeater = Repeater(searcher, repeat=2, set_index=True)
     for i, score in enumerate([0.2, 0.4]):
         repeater.suggest(f"t{i}")
-        repeater.on_trial_complete(f"t{i}", {"zeroshot/top1": score, "training_iteration": 1})
+        repeater.on_trial_complete(f"t{i}", {SELECTED_ON: score, "training_iteration": 1})
     (trial,) = optuna.load_study(study_name="joint", storage=storage).trials
     assert trial.value == pytest.approx(0.3)
     assert {switch_name(k) for k in ("regularizers.gc", "regularizers.bb", "regularizers.dfs")} <= set(trial.params)
@@ -379,17 +427,17 @@ def test_seeded_repeater_runs_the_baseline_first_and_hides_it_from_optuna():
     from study.run import SeededRepeater
 
     space = build_study({
-        "name": "s", "search": {"metric": "zeroshot/top1",
+        "name": "s", "search": {"metric": "zeroshot/synthetic_shapes/top1",
                                 "space": {"regularizers.gc": {"type": "loguniform", "low": 0.01, "high": 10}}},
     }).search.space
-    optuna_search = OptunaSearch(space=optuna_define_by_run(space), metric="zeroshot/top1", mode="max", seed=0)
+    optuna_search = OptunaSearch(space=optuna_define_by_run(space), metric=SELECTED_ON, mode="max", seed=0)
     searcher = SeededRepeater(optuna_search, seeds=[3, 4], baseline={"regularizers.gc": 0.0})
     configs = [searcher.suggest(f"t{i}") for i in range(4)]
     assert [c["train.seed"] for c in configs] == [3, 4, 3, 4]
     assert configs[0]["regularizers.gc"] == configs[1]["regularizers.gc"] == 0.0
     assert configs[2]["regularizers.gc"] == configs[3]["regularizers.gc"] > 0
     for trial_id, score in zip(["t0", "t1", "t2", "t3"], [0.9, 0.9, 0.2, 0.4], strict=True):
-        searcher.on_trial_complete(trial_id, {"zeroshot/top1": score})
+        searcher.on_trial_complete(trial_id, {SELECTED_ON: score})
     finished = optuna_search._ot_study.trials
     assert len(finished) == 1 and finished[0].value == pytest.approx(0.3)  # the searched group's mean only
 

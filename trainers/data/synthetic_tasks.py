@@ -44,6 +44,7 @@ ZEROSHOT_TEMPLATES = ("a photo of a {}.", "a drawing of a {}.", "there is a {} i
 # The main object's colour, the second zero-shot set: colour binds to words long before shape does
 # in a short CPU run, so the pair spans an easy and a hard classification.
 COLOUR_TEMPLATES = ("a photo of a {} object.", "a {} thing.", "there is something {} in the picture.", "it is {}.")
+ZEROSHOT_SETS = ("synthetic_shapes", "synthetic_colours")  # the metrics' names: zeroshot/<set>/top{1,3,5}
 NUM_RETRIEVAL_PARAPHRASES = 2
 # (probe name, attribute, kind, number of classes); "image_only"/"text_only" are the info-gap targets
 PROBES = (
@@ -114,12 +115,12 @@ def build_synthetic_task_sets(data: DataConfig) -> TaskSets:
 
 
 def zeroshot_task(split: WorldSplit, images: torch.Tensor) -> ZeroShotTask:
-    return ZeroShotTask(name="synthetic_shapes", classnames=list(SHAPES), templates=list(ZEROSHOT_TEMPLATES),
+    return ZeroShotTask(name=ZEROSHOT_SETS[0], classnames=list(SHAPES), templates=list(ZEROSHOT_TEMPLATES),
                         images=images, labels=torch.from_numpy(split.scenes.label.copy()))
 
 
 def colour_zeroshot_task(split: WorldSplit, images: torch.Tensor) -> ZeroShotTask:
-    return ZeroShotTask(name="synthetic_colours", classnames=list(COLOURS), templates=list(COLOUR_TEMPLATES),
+    return ZeroShotTask(name=ZEROSHOT_SETS[1], classnames=list(COLOURS), templates=list(COLOUR_TEMPLATES),
                         images=images, labels=torch.from_numpy(split.scenes.colour[:, -1].copy()))
 
 

@@ -70,16 +70,19 @@ def evaluate_two_tower(
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
     features = FeatureCache(encode_images, encode_texts, batch_size)
     probes = _ProbeFits()
+    # linear_probe/top1 and kshot/* follow the test split's shared-class probe on both splits
+    shared = _shared_class_probe(tasks.probes)
+    shared_name = shared.name if shared is not None else None
     with torch.no_grad():
-        metrics = _split_metrics(tasks, eval_config, features, probes)
+        metrics = _split_metrics(tasks, eval_config, features, probes, shared_name)
         if tasks.validation is not None:
-            validation = _split_metrics(tasks.validation, eval_config, features, probes)
+            validation = _split_metrics(tasks.validation, eval_config, features, probes, shared_name)
             metrics |= {f"{VALIDATION_PREFIX}{name}": value for name, value in validation.items()}
     return metrics
 
 
 def _split_metrics(
-    tasks: TaskSets, eval_config: EvalConfig, features: FeatureCache, probes: _ProbeFits
+    tasks: TaskSets, eval_config: EvalConfig, features: FeatureCache, probes: _ProbeFits, shared_name: str | None
 ) -> dict[str, float]:
     wanted = set(eval_config.tasks)
     metrics: dict[str, float] = {}
@@ -93,9 +96,9 @@ def _split_metrics(
         recalls = retrieval_recall(*retrieval_pairs, tasks.retrieval.caption_to_image)
         metrics |= {f"retrieval/{name}": value for name, value in recalls.items()}
     if "linear_probe" in wanted:
-        metrics |= linear_probe_metrics(tasks.probes, features, probes)
+        metrics |= linear_probe_metrics(tasks.probes, features, probes, shared_name)
     if "kshot" in wanted:
-        metrics |= kshot_metrics(tasks.probes, features, probes, eval_config.kshot)
+        metrics |= kshot_metrics(tasks.probes, features, probes, eval_config.kshot, shared_name)
     if "structure" in wanted:
         metrics |= structure_metrics(*_structure_pairs(tasks, retrieval_pairs, features))
     return metrics
@@ -159,8 +162,11 @@ def zeroshot_metrics(features: FeatureCache, zeroshot_tasks: Sequence[ZeroShotTa
     return metrics
 
 
-def linear_probe_metrics(probes: Sequence[ProbeTask], features: FeatureCache, fits: _ProbeFits) -> dict[str, float]:
-    """linear_probe/<target>/<features> for every probe and feature kind, and linear_probe/top1."""
+def linear_probe_metrics(
+    probes: Sequence[ProbeTask], features: FeatureCache, fits: _ProbeFits, shared_name: str | None
+) -> dict[str, float]:
+    """linear_probe/<target>/<features> for every probe and feature kind, and linear_probe/top1: the
+    image embedding's accuracy on the probe `shared_name` (the shared class), when present."""
     metrics: dict[str, float] = {}
     for probe in probes:
         train, test = _probe_features(features, probe)
@@ -169,17 +175,17 @@ def linear_probe_metrics(probes: Sequence[ProbeTask], features: FeatureCache, fi
             metrics[f"linear_probe/{probe.name}/{feature_name}"] = probe_accuracy(
                 fitted, test[feature_name], probe.test_labels
             )
-    shared_probe = _shared_class_probe(probes)
-    if shared_probe is not None:
-        metrics["linear_probe/top1"] = metrics[f"linear_probe/{shared_probe.name}/image"]
+    if f"linear_probe/{shared_name}/image" in metrics:
+        metrics["linear_probe/top1"] = metrics[f"linear_probe/{shared_name}/image"]
     return metrics
 
 
 def kshot_metrics(
-    probes: Sequence[ProbeTask], features: FeatureCache, fits: _ProbeFits, shots: Sequence[int]
+    probes: Sequence[ProbeTask], features: FeatureCache, fits: _ProbeFits, shots: Sequence[int], shared_name: str | None
 ) -> dict[str, float]:
-    """kshot/k<k>: the shared class from the image embedding, k samples per class, mean over draws."""
-    probe = _shared_class_probe(probes)
+    """kshot/k<k>: the shared class (probe `shared_name`) from the image embedding, k samples per class,
+    mean over draws."""
+    probe = next((probe for probe in probes if probe.name == shared_name), None)
     if probe is None:
         return {}
     train, test = _probe_features(features, probe)
