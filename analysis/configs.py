@@ -9,12 +9,34 @@ a learning rate) form the configuration's *context*, and Δ compares within a co
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 REGULARIZER_KEYS = ("regularizers.dfs", "regularizers.bb", "regularizers.gc", "regularizers.align")
 REGULARIZER_NAMES = {"regularizers.dfs": "DFS", "regularizers.bb": "BB", "regularizers.gc": "GC",
                      "regularizers.align": "align"}
 BASELINE = "baseline"
+# Options that change what a regularizer is, so that two arms with the same weight stay apart:
+# (weight key, option key, the option's non-default value, what the label adds).
+REGULARIZER_OPTIONS = (
+    ("regularizers.dfs", "regularizers.dfs_separation", False, " w/o separation"),
+    ("regularizers.gc", "regularizers.gc_normalization", "per_pair", " per pair"),
+)
+
+
+def regularizer_name(key: str, row: dict) -> str:
+    """'DFS', or 'DFS w/o separation' when the row sets an option that changes the regularizer."""
+    name = REGULARIZER_NAMES[key]
+    for weight_key, option, value, words in REGULARIZER_OPTIONS:
+        if key == weight_key and option in row and _is(row[option], value):
+            name += words
+    return name
+
+
+def _is(found: object, value: object) -> bool:
+    if isinstance(value, bool):
+        return isinstance(found, bool | np.bool_) and bool(found) == value
+    return found == value
 
 
 def _weight(value: object) -> float:
@@ -31,14 +53,14 @@ def _multi_weight_keys(trials: pd.DataFrame) -> set[str]:
     return multi
 
 
-def regularizer_label(weights: dict[str, float], multi_weight: set[str]) -> str:
+def regularizer_label(weights: dict[str, object], multi_weight: set[str]) -> str:
     """'baseline' when every weight is zero, else '+DFS+GC' / 'GC=0.31' style."""
     parts = []
     for key in REGULARIZER_KEYS:
         weight = _weight(weights.get(key))
         if weight == 0.0:
             continue
-        name = REGULARIZER_NAMES[key]
+        name = regularizer_name(key, weights)
         parts.append(f"{name}={weight:.3g}" if key in multi_weight else f"+{name}")
     if not parts:
         return BASELINE
@@ -55,7 +77,8 @@ def label_configurations(trials: pd.DataFrame, searched_keys: list[str]) -> pd.D
     """Add columns regularizer_label, context, config (the full label) and is_baseline."""
     trials = trials.copy()
     multi = _multi_weight_keys(trials)
-    context_keys = [key for key in searched_keys if key not in REGULARIZER_KEYS
+    in_label = {*REGULARIZER_KEYS, *(option for _, option, _, _ in REGULARIZER_OPTIONS)}
+    context_keys = [key for key in searched_keys if key not in in_label
                     and key in trials and trials[key].nunique(dropna=False) > 1]
     records = trials.to_dict("records")
     trials["regularizer_label"] = [regularizer_label(row, multi) for row in records]

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.checks import BedCheck, not_testable, probe_check
-from analysis.configs import REGULARIZER_KEYS, REGULARIZER_NAMES
+from analysis.configs import REGULARIZER_KEYS, regularizer_name
 from analysis.loading import Study
 from analysis.metrics import MODALITY_SPECIFIC_PROBES, SHARED_CLASS_PROBE, info_gap_metrics, readable
 from analysis.stats import (
@@ -233,7 +233,7 @@ def analyse_hypothesis(trials: pd.DataFrame, study: Study, hypothesis: Hypothesi
 
 
 def _other_regularizers(row: pd.Series) -> str:
-    active = [REGULARIZER_NAMES[key] for key in REGULARIZER_KEYS if key != ALIGN_KEY and (row.get(key) or 0) > 0]
+    active = [regularizer_name(key, row) for key in REGULARIZER_KEYS if key != ALIGN_KEY and (row.get(key) or 0) > 0]
     return "+" + "+".join(active) if active else NO_REGULARIZER
 
 

@@ -184,3 +184,11 @@ def test_info_gap_cells_resolve_unnamed_keys_to_the_base(tmp_path):
     assert len(alone) == 8 and (alone["regularizers.gc"] == 0).all() and (alone["data.info_gap"] == 1).all()
     with_gc = cell_trials(trials, study, {"data.info_gap": 1.0, "regularizers.align": 1.0, "regularizers.gc": 0.5})
     assert len(with_gc) == 8 and (with_gc["regularizers.gc"] == 0.5).all()
+
+
+def test_an_option_that_changes_a_regularizer_keeps_its_arm_apart(tmp_path):
+    arms = [{"align": 1.0}, {"align": 1.0, "dfs": 0.5}, {"align": 1.0, "dfs": 0.5, "dfs_separation": False}]
+    specs = [fx.TrialSpec({"regularizers": arm, "train.seed": seed}, {TOP1: 0.5}) for arm in arms for seed in (0, 1)]
+    search = {**fx.ablation_search(), "seeds": [0, 1], "space": {"regularizers": {"type": "grid", "values": arms}}}
+    trials = analysis.load(fx.write_results_dir(tmp_path / "arms", search, specs))
+    assert sorted(trials["config"].unique()) == ["+DFS w/o separation+align", "+DFS+align", "+align"]
