@@ -16,7 +16,7 @@ from trainers.regularizers import brownian_bridge_loss, geometric_consistency_lo
 PRETRAIN_STEPS = 40
 
 
-def tiny_config(**regularizers: float) -> RunConfig:
+def tiny_config(**regularizers: float | str | bool) -> RunConfig:
     return RunConfig.model_validate(
         {
             "model": dict(
@@ -149,9 +149,10 @@ def test_evaluate_reports_the_contract_metrics(pretrained):
         torch.testing.assert_close(value, before[key])
 
 
-def test_regularizers_use_the_momentum_features_as_views():
+@pytest.mark.parametrize("gc_normalization", ["paper", "per_pair"])
+def test_regularizers_use_the_momentum_features_as_views(gc_normalization):
     torch.manual_seed(0)
-    cfg = tiny_config(gc=0.5, bb=2.0)
+    cfg = tiny_config(gc=0.5, bb=2.0, gc_normalization=gc_normalization)
     module = ALBEF_FAMILY.build_module(cfg).eval()  # no dropout: the features below must match forward's
     batch = ALBEF_FAMILY.build_collate(cfg)([ALBEF_FAMILY.build_train_dataset(cfg)[i] for i in range(8)])
     with torch.no_grad():  # make the momentum towers differ from the online ones
@@ -166,12 +167,14 @@ def test_regularizers_use_the_momentum_features_as_views():
         t = towers.text_features(towers.encode_text(batch["input_ids"], batch["attention_mask"]))["shared"]
         v_m = towers_m.image_features(towers_m.encode_image(batch["image"]))["shared"]
         t_m = towers_m.text_features(towers_m.encode_text(batch["input_ids"], batch["attention_mask"]))["shared"]
-    torch.testing.assert_close(losses["gc_loss"].detach(), 0.5 * geometric_consistency_loss(v, t, v_m, t_m))
+    expected_gc = geometric_consistency_loss(v, t, v_m, t_m, normalization=gc_normalization)
+    torch.testing.assert_close(losses["gc_loss"].detach(), 0.5 * expected_gc)
     torch.testing.assert_close(losses["bb_loss"].detach(), 2.0 * brownian_bridge_loss(v, t, v_m, 0.25))
 
 
-def test_dfs_adds_independent_heads_and_its_term():
-    cfg = tiny_config(dfs=1.0)
+@pytest.mark.parametrize("dfs_separation", [True, False])
+def test_dfs_adds_independent_heads_and_its_term(dfs_separation):
+    cfg = tiny_config(dfs=1.0, dfs_separation=dfs_separation)
     module = ALBEF_FAMILY.build_module(cfg)
     assert module.model.towers.has_independent_heads and module.towers_m.has_independent_heads
     batch = ALBEF_FAMILY.build_collate(cfg)([ALBEF_FAMILY.build_train_dataset(cfg)[i] for i in range(4)])

@@ -33,18 +33,19 @@ def dot(x, y) -> float:
     return float(sum(a * b for a, b in zip(x.tolist(), y.tolist(), strict=True)))
 
 
-def reference_gc(v, t, v_aug=None, t_aug=None) -> float:
+def reference_gc(v, t, v_aug=None, t_aug=None, normalization="paper") -> float:
+    """paper: (1/N) sum_j sum_k [...] + (1/N) sum_j [...]; per_pair: the double sums over N^2 instead."""
     n = len(v)
-    total = 0.0
+    pairs, diagonal = 0.0, 0.0
     for j in range(n):
         for k in range(n):
-            total += (dot(v[j], t[k]) - dot(v[k], t[j])) ** 2 + (dot(v[j], v[k]) - dot(t[j], t[k])) ** 2
+            pairs += (dot(v[j], t[k]) - dot(v[k], t[j])) ** 2 + (dot(v[j], v[k]) - dot(t[j], t[k])) ** 2
             if v_aug is not None:
-                total += (dot(v[j], v[k]) - dot(v_aug[j], v_aug[k])) ** 2
-                total += (dot(t[j], t[k]) - dot(t_aug[j], t_aug[k])) ** 2
+                pairs += (dot(v[j], v[k]) - dot(v_aug[j], v_aug[k])) ** 2
+                pairs += (dot(t[j], t[k]) - dot(t_aug[j], t_aug[k])) ** 2
         if v_aug is not None:
-            total += (dot(v[j], t[j]) - dot(v_aug[j], t_aug[j])) ** 2
-    return total / n
+            diagonal += (dot(v[j], t[j]) - dot(v_aug[j], t_aug[j])) ** 2
+    return pairs / (n if normalization == "paper" else n * n) + diagonal / n
 
 
 def reference_bb(v, t, v_aug, s) -> float:
@@ -76,10 +77,10 @@ def reference_uniformity(x) -> float:
     return math.log(total / n**2)
 
 
-def reference_dfs(v, t, u, w, u_aug=None, w_aug=None, tau=0.07) -> float:
+def reference_dfs(v, t, u, w, u_aug=None, w_aug=None, tau=0.07, separation=True) -> float:
     n = len(v)
     ortho = sum(dot(v[j], u[j]) ** 2 + dot(t[j], w[j]) ** 2 for j in range(n)) / n
-    total = ortho + reference_uniformity(u) + reference_uniformity(w)
+    total = (ortho if separation else 0.0) + reference_uniformity(u) + reference_uniformity(w)
     if u_aug is not None:
         total += reference_info_nce(u, u_aug, tau) + reference_info_nce(w, w_aug, tau)
     return total
@@ -98,6 +99,19 @@ def test_geometric_consistency_matches_definition(n, d):
     torch.testing.assert_close(geometric_consistency_loss(v, t).item(), reference_gc(v, t), rtol=1e-12, atol=1e-12)
     got = geometric_consistency_loss(v, t, va, ta).item()
     torch.testing.assert_close(got, reference_gc(v, t, va, ta), rtol=1e-12, atol=1e-12)
+    for views in ((), (va, ta)):
+        got = geometric_consistency_loss(v, t, *views, normalization="per_pair").item()
+        expected = reference_gc(v, t, *views, normalization="per_pair")
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_per_pair_gc_does_not_grow_with_the_batch_while_the_papers_does():
+    # random unit features: each pair term has the same expectation, so paper ~ N and per_pair ~ constant
+    values = {n: [geometric_consistency_loss(unit(n, 16, 0), unit(n, 16, 1), normalization=normalization).item()
+                  for normalization in ("paper", "per_pair")] for n in (32, 512)}
+    assert values[512][0] / values[32][0] == pytest.approx(16, rel=0.15)
+    assert values[512][1] / values[32][1] == pytest.approx(1, rel=0.15)
+    assert values[512][1] == pytest.approx(values[512][0] / 512)
 
 
 @pytest.mark.parametrize(("n", "d"), SHAPES)
@@ -116,6 +130,9 @@ def test_feature_separation_matches_definition(n, d):
     )
     got = feature_separation_loss(v, t, u, w, ua, wa, temperature=0.5).item()
     torch.testing.assert_close(got, reference_dfs(v, t, u, w, ua, wa, 0.5), rtol=1e-12, atol=1e-12)
+    got = feature_separation_loss(v, t, u, w, ua, wa, temperature=0.5, separation=False).item()
+    expected = reference_dfs(v, t, u, w, ua, wa, 0.5, separation=False)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_alignment_pressure_matches_definition():
@@ -298,6 +315,30 @@ def test_module_terms_are_weighted_and_sum_to_the_objective():
     for key, value in expected.items():
         torch.testing.assert_close(losses[key], value, rtol=1e-12, atol=1e-12, msg=key)
     torch.testing.assert_close(total_loss(losses), sum(expected.values()), rtol=1e-12, atol=1e-12)
+
+
+def test_module_passes_the_gc_normalization_and_dfs_separation_options():
+    v, t, extra = unit(8, 6, 0), unit(8, 6, 1), features()
+    scale = torch.tensor(10.0, dtype=torch.float64)
+    config = RegularizerConfig(gc=0.5, dfs=0.3, gc_normalization="per_pair", dfs_separation=False)
+    losses = LatentStructureLoss(config)(v, t, scale, **extra)
+    gc = geometric_consistency_loss(v, t, extra["image_aug"], extra["text_aug"], normalization="per_pair")
+    dfs = feature_separation_loss(
+        v, t, extra["image_independent"], extra["text_independent"], extra["image_independent_aug"],
+        extra["text_independent_aug"], temperature=0.1, separation=False,
+    )
+    torch.testing.assert_close(losses["gc_loss"], 0.5 * gc, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(losses["dfs_loss"], 0.3 * dfs, rtol=1e-12, atol=1e-12)
+    # without separation, the shared features get no gradient from DFS
+    v_leaf, t_leaf = v.clone().requires_grad_(), t.clone().requires_grad_()
+    extra = {key: value.clone().requires_grad_() for key, value in extra.items()}
+    for separation in (True, False):
+        module = LatentStructureLoss(RegularizerConfig(dfs=1.0, dfs_separation=separation), contrastive=False)
+        v_leaf.grad = None
+        module(v_leaf, t_leaf, scale, **extra)["dfs_loss"].backward()
+        assert (v_leaf.grad is not None and bool(v_leaf.grad.any())) == separation
+    with pytest.raises(ValueError, match="normalization must be 'paper' or 'per_pair'"):
+        geometric_consistency_loss(v, t, normalization="per_sample")
 
 
 def test_module_inmodal_contrastive_is_the_papers_l_con():

@@ -131,6 +131,13 @@ class RegularizerConfig(_Strict):
     bb_s: float = Field(0.25, gt=0.0, lt=1.0)
     bb_s_range: tuple[float, float] | None = None  # draw s ~ U(a, b) per sample instead
     dfs_temperature: float | None = Field(None, gt=0.0)  # default: 1 / logit scale
+    # False drops DFS's orthogonality term L_ortho and keeps the independent heads' in-modal InfoNCE and
+    # uniformity: the control arm "same in-modal self-supervision, no separation".
+    dfs_separation: bool = True
+    # "paper": L_GC and L^a_GC's sums over the N^2 pairs (j, k) divided by N, as defined, so their value
+    # grows about linearly with the batch size N; "per_pair": divided by N^2, so a weight carries
+    # across batch sizes (docs/regularizers.md). The N-term diagonal part of L^a_GC stays a mean.
+    gc_normalization: Literal["paper", "per_pair"] = "paper"
 
     @model_validator(mode="after")
     def _check_range(self) -> RegularizerConfig:

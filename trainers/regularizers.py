@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -142,16 +143,31 @@ def _row_dot(x: Tensor, y: Tensor) -> Tensor:
 
 
 def geometric_consistency_loss(
-    v: Tensor, t: Tensor, v_aug: Tensor | None = None, t_aug: Tensor | None = None
+    v: Tensor,
+    t: Tensor,
+    v_aug: Tensor | None = None,
+    t_aug: Tensor | None = None,
+    normalization: Literal["paper", "per_pair"] = "paper",
 ) -> Tensor:
-    """L_GC, plus L^a_GC when both augmented views are given (docs/regularizers.md, "Geometric consistency")."""
-    _check_features("geometric_consistency_loss", v=v, t=t, v_aug=v_aug, t_aug=t_aug)
+    """L_GC, plus L^a_GC when both augmented views are given (docs/regularizers.md, "Geometric consistency").
+
+    normalization "paper" divides the sums over the N^2 pairs (j, k) by N, as the paper defines them:
+    the value then grows about linearly with N. "per_pair" divides them by N^2 (a mean over pairs), so
+    the same weight means the same strength at any batch size. L^a_GC's diagonal term is a mean over
+    the N samples either way.
+    """
+    fn_name = "geometric_consistency_loss"
+    if normalization not in ("paper", "per_pair"):
+        raise ValueError(f"{fn_name}: normalization must be 'paper' or 'per_pair', got {normalization!r}")
+    _check_features(fn_name, v=v, t=t, v_aug=v_aug, t_aug=t_aug)
+    n = v.shape[0]
     with _full_precision(v):
         v, t, v_aug, t_aug = _wide(v), _wide(t), _wide(v_aug), _wide(t_aug)
-        total = _geometric_consistency_sum(v, t, v_aug, t_aug)
+        pairs = _geometric_consistency_sum(v, t, v_aug, t_aug)
+        total = pairs / n if normalization == "paper" else pairs / (n * n)
         if v_aug is not None and t_aug is not None:
-            total = total + (_row_dot(v, t) - _row_dot(v_aug, t_aug)).square().sum()
-        return total / v.shape[0]
+            total = total + (_row_dot(v, t) - _row_dot(v_aug, t_aug)).square().mean()
+        return total
 
 
 def sample_bridge_times(
@@ -207,16 +223,22 @@ def feature_separation_loss(
     u_aug: Tensor | None = None,
     w_aug: Tensor | None = None,
     temperature: float | Tensor = 0.07,
+    separation: bool = True,
 ) -> Tensor:
-    """L_DFS = L_ortho + L_icon + L_uni; L_icon only when both augmented views are given."""
+    """L_DFS = L_ortho + L_icon + L_uni; L_icon only when both augmented views are given.
+
+    `separation=False` leaves out L_ortho: the independent heads keep their in-modal InfoNCE and
+    uniformity but nothing pushes them away from the shared features (the control for "separation").
+    """
     fn_name = "feature_separation_loss"
     _check_features(fn_name, v=v, t=t, u=u, w=w, u_aug=u_aug, w_aug=w_aug)
     if not torch.compiler.is_compiling() and not float(temperature) > 0:
         raise ValueError(f"{fn_name}: temperature={float(temperature)} must be > 0")
     with _full_precision(v):
         v, t, u, w, u_aug, w_aug = map(_wide, (v, t, u, w, u_aug, w_aug))
-        ortho = (_row_dot(v, u).square() + _row_dot(t, w).square()).mean()
-        total = ortho + _uniformity(u) + _uniformity(w)
+        total = _uniformity(u) + _uniformity(w)
+        if separation:
+            total = total + (_row_dot(v, u).square() + _row_dot(t, w).square()).mean()
         if u_aug is not None and w_aug is not None:
             total = total + _info_nce(u, u_aug, temperature) + _info_nce(w, w_aug, temperature)
         return total
@@ -371,7 +393,9 @@ class LatentStructureLoss(nn.Module):
         if config.align > 0:
             losses["align_loss"] = config.align * alignment_pressure_loss(v, t)
         if config.gc > 0:
-            losses["gc_loss"] = config.gc * geometric_consistency_loss(v, t, image_aug, text_aug)
+            losses["gc_loss"] = config.gc * geometric_consistency_loss(
+                v, t, image_aug, text_aug, normalization=config.gc_normalization
+            )
         if config.bb > 0:
             s = config.bb_s if bridge_times is None else bridge_times[:, 0]
             losses["bb_loss"] = config.bb * brownian_bridge_loss(v, t, image_aug, s)
@@ -380,7 +404,7 @@ class LatentStructureLoss(nn.Module):
             temperature = config.dfs_temperature or 1 / _detached(logit_scale)
             separation = feature_separation_loss(
                 v, t, image_independent, text_independent, image_independent_aug, text_independent_aug,
-                temperature=temperature,
+                temperature=temperature, separation=config.dfs_separation,
             )
             losses["dfs_loss"] = config.dfs * separation
         return losses
