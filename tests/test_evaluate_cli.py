@@ -98,9 +98,8 @@ def test_tasks_and_set_override_the_saved_config(trained_run):
     run_dir, _ = trained_run
     result = evaluate_checkpoint(run_dir, tasks=["retrieval"], overrides=["data.eval_size=32"])
     assert result["tasks"] == ["retrieval"]
-    assert set(result["metrics"]) == {f"retrieval/{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)} | {
-        "retrieval/mean_recall"
-    }
+    recall_names = {f"retrieval/{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)} | {"retrieval/mean_recall"}
+    assert set(result["metrics"]) == recall_names | {f"val/{name}" for name in recall_names}
     assert result["config"]["data"]["eval_size"] == 32
     recalls = result["metrics"]
     for direction in ("i2t", "t2i"):
@@ -113,9 +112,16 @@ def test_cli_prints_table_and_writes_json(trained_run, tmp_path, capsys):
     out = tmp_path / "deep" / "metrics.json"
     assert main([str(run_dir), "--tasks", "zeroshot", "--out", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert "zeroshot/top1" in printed and "epoch 1" in printed
-    written = json.loads(out.read_text())
-    assert written["metrics"]["zeroshot/top1"] == pytest.approx(expected["zeroshot/top1"], rel=1e-5)
+    assert "epoch 1" in printed and "validation" in printed and "test" in printed
+    written = json.loads(out.read_text())["metrics"]
+    # one row per metric: the validation value, then the test value
+    row = next(line for line in printed.splitlines() if "zeroshot/synthetic_shapes/top1" in line)
+    validation, test = (float(cell) for cell in row.replace("│", " ").split()[1:3])
+    assert validation == pytest.approx(written["val/zeroshot/synthetic_shapes/top1"], abs=1e-4)
+    assert test == pytest.approx(written["zeroshot/synthetic_shapes/top1"], abs=1e-4)
+    key = "zeroshot/synthetic_shapes/top1"
+    assert written[key] == pytest.approx(expected[key], rel=1e-5)
+    assert written[f"val/{key}"] == pytest.approx(expected[f"val/{key}"], rel=1e-5)
     assert not list(out.parent.glob(".*.tmp"))
 
 

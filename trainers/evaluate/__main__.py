@@ -139,13 +139,20 @@ def write_json_atomically(payload: dict[str, Any], out: Path) -> None:
 
 
 def print_table(result: dict[str, Any]) -> None:
+    """One row per metric: its value on the validation split (val/<metric>, what studies select on)
+    beside its value on the test split (what reports show); "-" where a split has no value."""
     from rich.console import Console
     from rich.table import Table
 
+    from trainers.evaluate.suite import VALIDATION_PREFIX
+
+    metrics = result["metrics"]
+    names = sorted({name.removeprefix(VALIDATION_PREFIX) for name in metrics})
     title = f"{result['family']}/{result['arch']} epoch {result['epoch']} step {result['step']}"
-    table = Table("metric", "value", title=title, caption=result["checkpoint"])
-    for key, value in result["metrics"].items():
-        table.add_row(key, f"{value:.4f}")
+    table = Table("metric", "validation", "test", title=title, caption=result["checkpoint"])
+    for name in names:
+        validation, test = metrics.get(f"{VALIDATION_PREFIX}{name}"), metrics.get(name)
+        table.add_row(name, *("-" if value is None else f"{value:.4f}" for value in (validation, test)))
     Console().print(table)
 
 
