@@ -98,9 +98,12 @@ def _cell_text(comparison: Comparison) -> str:
 # --------------------------------------------------------------------------- cells and contrasts
 
 
-def _cell_label(cell: dict[str, Any]) -> str:
-    return ", ".join(f"{key.split('.')[-1]}={value:g}" if isinstance(value, float) and not isinstance(value, bool)
+def _cell_label(cell: dict[str, Any], batch_size: int | None = None) -> str:
+    """'info_gap=1, align=1, dfs=0.5 [batch 32]': a cell with weights says the batch size they were used at."""
+    text = ", ".join(f"{key.split('.')[-1]}={value:g}" if isinstance(value, float) and not isinstance(value, bool)
                      else f"{key.split('.')[-1]}={value}" for key, value in cell.items())
+    has_weight = any(key in REGULARIZER_KEYS and value for key, value in cell.items())
+    return f"{text} [batch {batch_size}]" if has_weight and batch_size is not None else text
 
 
 def cell_trials(trials: pd.DataFrame, study: Study, cell: dict[str, Any]) -> pd.DataFrame:
@@ -148,8 +151,8 @@ def contrast(trials: pd.DataFrame, study: Study, spec: ComparisonSpec, metric: s
         differences = differences - (per["minus.treated"] - per["minus.reference"])
     comparison = paired_comparison(differences.to_numpy(), spec.alternative,
                                    float(per["effect.reference"].mean()) if len(common) else math.nan)
-    means = {_cell_label(labels[key]): float(values.mean()) if len(values) else math.nan
-             for key, values in per.items()}
+    means = {_cell_label(labels[key], resolved_cell(study.base, labels[key]).get("train.batch_size")):
+             float(values.mean()) if len(values) else math.nan for key, values in per.items()}
     return comparison, means
 
 
@@ -245,14 +248,16 @@ def exploratory_results(trials: pd.DataFrame) -> list[ContrastResult]:
         return []
     finished["others"] = finished.apply(_other_regularizers, axis=1)
     metrics = info_gap_metrics(finished.columns)
+    study = trials.attrs.get("study")
+    batch = f" [batch {study.base.train.batch_size}]" if study is not None else ""
     raw: dict[str, list[tuple[str, str, Comparison, dict]]] = {"pressure": [], "recovery": []}
     for gap, at_gap in finished.groupby(GAP_KEY):
         plain = at_gap[at_gap["others"] == NO_REGULARIZER]
         unpressured = plain[plain[ALIGN_KEY] == 0]
         for align, pressured in plain[plain[ALIGN_KEY] > 0].groupby(ALIGN_KEY):
             regularized = at_gap[(at_gap[ALIGN_KEY] == align) & (at_gap["others"] != NO_REGULARIZER)]
-            pairs = [("pressure", f"gap {gap:g}: align {align:g} vs 0", pressured, unpressured)]
-            pairs += [("recovery", f"gap {gap:g}: {others} at align {align:g} vs none", group, pressured)
+            pairs = [("pressure", f"gap {gap:g}: align {align:g} vs 0{batch}", pressured, unpressured)]
+            pairs += [("recovery", f"gap {gap:g}: {others} at align {align:g} vs none{batch}", group, pressured)
                       for others, group in regularized.groupby("others")]
             for kind, name, treated, reference in pairs:
                 for metric in metrics:

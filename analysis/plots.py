@@ -22,7 +22,7 @@ import seaborn as sns  # noqa: E402
 from scipy import stats  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
-from analysis.configs import REGULARIZER_KEYS, REGULARIZER_NAMES, configuration_order  # noqa: E402
+from analysis.configs import REGULARIZER_KEYS, REGULARIZER_NAMES, configuration_order, regularizer_name  # noqa: E402
 from analysis.files import write_atomic  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -224,6 +224,6 @@ def info_gap_lines(trials: pd.DataFrame, metrics: list[str]) -> plt.Figure:
 
 
 def _other_regularizers(row: pd.Series) -> str:
-    active = [REGULARIZER_NAMES[key] for key in REGULARIZER_KEYS
+    active = [regularizer_name(key, row) for key in REGULARIZER_KEYS
               if key != "regularizers.align" and (row.get(key) or 0) > 0]
     return "+" + "+".join(active) if active else "none"
