@@ -42,7 +42,7 @@ def grid_study(tmp_path: Path, space: dict, seeds: list[int], **train) -> Path:
     tree = yaml.safe_load(GC.read_text())
     tree["name"] = "grid"
     tree["base"]["train"] |= train
-    tree["search"] = {"method": "grid", "metric": "zeroshot/top1", "mode": "max", "seeds": seeds,
+    tree["search"] = {"method": "grid", "metric": "zeroshot/synthetic_shapes/top1", "mode": "max", "seeds": seeds,
                       "space": {key: {"type": "grid", "values": values} for key, values in space.items()}}
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(tree, sort_keys=False))

@@ -35,7 +35,7 @@ def tiny_grid_study(tmp_path: Path, seeds: list[int], max_concurrent: int | None
     """One grid cell (gc = 0.5) times `seeds`: as many trials as seeds."""
     tree = yaml.safe_load(GC.read_text())
     tree["name"] = "grid"
-    tree["search"] = {"method": "grid", "metric": "zeroshot/top1", "mode": "max", "seeds": seeds,
+    tree["search"] = {"method": "grid", "metric": "zeroshot/synthetic_shapes/top1", "mode": "max", "seeds": seeds,
                       "space": {"regularizers.gc": {"type": "grid", "values": [0.5]}}}
     if max_concurrent is not None:
         tree["search"]["max_concurrent_trials"] = max_concurrent
@@ -62,16 +62,16 @@ def test_dry_run_prints_the_resolved_study_and_starts_nothing(tmp_path: Path):
 
 BAD_STUDIES = {
     "malformed": ("name: x\nbase: {train: {epochs: 2}\nsearch: [\n", r":\d+:\d+: malformed YAML"),
-    "unknown_key": ("name: x\nbase: {train: {epochz: 2}}\nsearch: {metric: zeroshot/top1, space: {}}\n",
+    "unknown_key": ("name: x\nbase: {train: {epochz: 2}}\nsearch: {metric: retrieval/mean_recall, space: {}}\n",
                     r"base\.train\.epochz"),
-    "wrong_type": ("name: x\nbase: {train: {epochs: many}}\nsearch: {metric: zeroshot/top1, space: {}}\n",
+    "wrong_type": ("name: x\nbase: {train: {epochs: many}}\nsearch: {metric: retrieval/mean_recall, space: {}}\n",
                    r"base\.train\.epochs"),
-    "bad_range": ("name: x\nsearch:\n  metric: zeroshot/top1\n  space:\n"
+    "bad_range": ("name: x\nsearch:\n  metric: retrieval/mean_recall\n  space:\n"
                   "    regularizers.gc: {type: loguniform, low: 0.0, high: 1.0}\n",
                   r"search\.space\.regularizers\.gc\.low: must be > 0 for loguniform"),
     "unknown_metric": ("name: x\nsearch: {metric: zeroshot/top7, space: {}}\n", r"search\.metric"),
     "missing_data": ("name: x\nbase: {data: {dataset: csv, path: /nonexistent/train.tsv}}\n"
-                     "search: {metric: zeroshot/top1, space: {}}\n", r"base\.data.*/nonexistent/train\.tsv"),
+                     "search: {metric: retrieval/mean_recall, space: {}}\n", r"base\.data.*/nonexistent/train\.tsv"),
 }
 
 
@@ -120,7 +120,7 @@ def test_optuna_study_end_to_end_with_a_file_uri(tmp_path: Path, start_study):
         assert epoch_rows(trial) == [0, 1], trial  # every epoch once, in order
         params = json.loads((trial / "params.json").read_text())
         if params["regularizers.gc"] > 0:  # the Optuna sample (loguniform from 0.01), not the baseline
-            finals[params["train.seed"]] = result_rows(trial)[-1]["zeroshot/top1"]
+            finals[params["train.seed"]] = result_rows(trial)[-1]["zeroshot/synthetic_shapes/top1"]
     assert sorted(finals) == [0, 1]
 
     # Optuna sees one configuration whose value is the mean over the two seeds.

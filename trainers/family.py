@@ -45,7 +45,7 @@ class Family:
     build_train_dataset: Callable[[RunConfig], Dataset]
     # turns a list of data set items into a Batch (tokenization, normalization)
     build_collate: Callable[[RunConfig], Callable[[list[Any]], Batch]]
-    # downstream evaluation of a trained module: {"zeroshot/top1": ..., ...}
+    # downstream evaluation of a trained module: {"zeroshot/<set>/top1": ..., "val/zeroshot/<set>/top1": ..., ...}
     evaluate: Callable[[TrainingModule, RunConfig, torch.device], dict[str, float]]
     # image/text embeddings of evaluation pairs ({"image", "text", "labels"} arrays) for the
     # report's PCA view; saved as embeddings.npz in the last checkpoint
