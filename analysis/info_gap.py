@@ -30,6 +30,7 @@ from analysis.stats import (
     Comparison,
     compare,
     correct,
+    detectable_effect,
     paired_comparison,
     per_seed,
     sidedness,
@@ -207,10 +208,12 @@ def primary_verdict(primary: list[ContrastResult], hypothesis: HypothesisSpec, u
                             simulations=POWER_SIMULATIONS)
     results = "; ".join(f"{readable(r.metric)}: Δ {r.comparison.delta:+.3f}, corrected {_p(r.comparison)}, "
                         f"{r.comparison.effect_text()}" for r in primary)
+    detectable = detectable_effect(n, hypothesis.primary.alternative, ALPHA / m)
+    eighty = f"; 80% power needs |d_z| >= {detectable:g}" if detectable is not None else ""
     return (f"Pre-registered test ({name}): no interaction detected ({results}; n = {n}, Holm over m = {m}); "
-            f"with n = {n} this test has {power:.0%} power for an interaction of d_z = {hypothesis.power_effect:g} "
-            f"(exact {sidedness(hypothesis.primary.alternative)} sign-flip at α/m = {ALPHA / m:.3g}, Holm's first "
-            f"step; {POWER_SIMULATIONS} simulated normal samples, fixed seed).")
+            f"with n = {n} this test has {power:.0%} power for an interaction of d_z = {hypothesis.power_effect:g}"
+            f"{eighty} (exact {sidedness(hypothesis.primary.alternative)} sign-flip at α/m = {ALPHA / m:.3g}, "
+            f"Holm's first step; {POWER_SIMULATIONS} simulated normal samples, fixed seed).")
 
 
 def _p(comparison: Comparison) -> str:

@@ -311,3 +311,13 @@ def sign_flip_power(n: int, effect: float, alternative: Alternative = "less", le
     loc = -abs(effect) if alternative == "less" else abs(effect)
     samples = rng.normal(loc=loc, scale=1.0, size=(simulations, n))
     return float((sign_flip_p(samples, alternative) < level).mean())
+
+
+def detectable_effect(n: int, alternative: Alternative = "less", level: float = ALPHA, power: float = 0.8,
+                      step: float = 0.05, largest: float = 5.0) -> float | None:
+    """The smallest |d_z| (on a grid of `step`) that the exact sign-flip test detects with `power`;
+    None when even `largest` is not enough (the smallest attainable p does not pass `level`)."""
+    for effect in np.arange(step, largest + step / 2, step):
+        if sign_flip_power(n, float(effect), alternative, level) >= power:
+            return round(float(effect), 10)
+    return None

@@ -121,8 +121,8 @@ def test_info_gap_without_an_interaction_states_its_power(tmp_path):
     markdown = (root / "report" / "report.md").read_text()
     verdict = markdown.split("## Information gap and alignment pressure\n\n")[1].split("\n")[0]
     assert verdict.startswith("Pre-registered test (gap x pressure interaction): no interaction detected (")
-    assert "with n = 8 this test has 65% power for an interaction of d_z = 1 (exact one-sided (less) " \
-           "sign-flip at α/m = 0.025" in verdict
+    assert "with n = 8 this test has 65% power for an interaction of d_z = 1; 80% power needs |d_z| >= 1.2 " \
+           "(exact one-sided (less) sign-flip at α/m = 0.025" in verdict
 
 
 def test_info_gap_with_the_shared_class_at_chance_is_not_testable(tmp_path):

@@ -20,6 +20,7 @@ from analysis.stats import (
     compare,
     compare_family,
     correct,
+    detectable_effect,
     holm,
     noncentral_t_interval,
     paired_comparison,
@@ -159,3 +160,9 @@ def test_a_large_true_effect_is_detected_at_n_8():
 def test_power_by_simulation_grows_with_n_and_effect():
     assert sign_flip_power(8, 1.5, "less", ALPHA / 2) > sign_flip_power(8, 1.0, "less", ALPHA / 2) > 0.5
     assert sign_flip_power(5, 3.0, "less", ALPHA / 2) == 0.0  # smallest p = 1/32 > 0.025: never passes
+
+
+def test_detectable_effect_is_where_power_crosses_80_percent():
+    effect = detectable_effect(8, "less", ALPHA / 2)
+    assert sign_flip_power(8, effect, "less", ALPHA / 2) >= 0.8 > sign_flip_power(8, effect - 0.05, "less", ALPHA / 2)
+    assert detectable_effect(5, "less", ALPHA / 2) is None  # 1/32 > 0.025: no effect size is enough
