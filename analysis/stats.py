@@ -83,10 +83,6 @@ class Comparison:
             return False
         return self.smallest_p * (self.family_size or 1) < ALPHA
 
-    @property
-    def cohens_d(self) -> float | None:  # the old name, kept for callers that only read the number
-        return self.effect
-
     def effect_text(self) -> str:
         if self.effect is None:
             return f"{self.effect_name} n/a (no spread)"
