@@ -6,12 +6,26 @@ import numpy as np
 import pytest
 import torch
 
-from trainers.config import DataConfig
+from trainers.config import DataConfig, RunConfig
 from trainers.data import build_pretrain_dataset
+from trainers.data.augment import ImageAugmentation, mirror_caption, view_seed
 from trainers.data.captions import scene_captions
 from trainers.data.render import render_scenes
 from trainers.data.synthetic import world_split
-from trainers.data.world import BACKGROUNDS, MATERIALS, OWNERS, SHAPES, SPLIT_IDS, TEXTURES, sample_scenes
+from trainers.data.world import (
+    BACKGROUNDS,
+    CAPTION_MENTION_PROBABILITY,
+    COLOURS,
+    MATERIALS,
+    OWNERS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    SPLIT_IDS,
+    SYNONYMS,
+    TEXTURES,
+    sample_scenes,
+)
 
 
 def _config(tmp_path, **overrides) -> DataConfig:
@@ -111,3 +125,70 @@ def test_pretrain_items_and_deterministic_views(tmp_path):
     assert torch.equal(dataset[7]["image"], item["image"])
     plain = build_pretrain_dataset(_config(tmp_path), split="validation")[0]
     assert set(plain) == {"image", "caption", "index"}
+
+
+def test_views_follow_the_training_seed_as_well_as_the_sample(tmp_path):
+    data = _config(tmp_path)
+    first = build_pretrain_dataset(data, augment=True, train_seed=0)
+    same = build_pretrain_dataset(data, augment=True, train_seed=0)
+    other = build_pretrain_dataset(data, augment=True, train_seed=1)
+    assert all(torch.equal(first[i]["image_aug"], same[i]["image_aug"]) for i in range(8))
+    differing = sum(not torch.equal(first[i]["image_aug"], other[i]["image_aug"]) for i in range(8))
+    assert differing >= 6  # two seeds may draw the same whole-image view of a sample only by chance
+    assert all(torch.equal(first[i]["image"], other[i]["image"]) for i in range(8))  # the world is the same
+
+
+def test_mirror_caption_swaps_left_and_right_words_only():
+    assert mirror_caption("a red ring in the top left, next to a star on the right") == (
+        "a red ring in the top right, next to a star on the left"
+    )
+    assert mirror_caption("leftover righteous") == "leftover righteous"
+
+
+def test_a_flipped_view_has_the_mirrored_caption(tmp_path):
+    data = DataConfig(cache_dir=str(tmp_path / "cache"), train_size=400, eval_size=32)
+    dataset = build_pretrain_dataset(data, augment=True)
+    augmentation = ImageAugmentation(data.image_size)
+    mirrored = 0
+    for index in range(len(dataset)):
+        item = dataset[index]
+        _, flipped = augmentation.view(item["image"], view_seed(data.world_seed, index, 0, 0))
+        expected = mirror_caption(item["caption"]) if flipped else item["caption"]
+        # EDA only swaps, deletes or replaces with synonyms (none for left/right): a side word of the
+        # view's caption comes from the expected caption, never from the other side
+        for side in ("left", "right"):
+            assert item["caption_aug"].split().count(side) <= expected.split().count(side)
+        mirrored += flipped and "left" in item["caption"].split() and "right" in item["caption_aug"].split()
+    assert mirrored >= 5
+
+
+def test_world_seed_may_follow_the_training_seed():
+    follows = RunConfig.model_validate({"data": {"world_seed_follows_train_seed": True}, "train": {"seed": 3}})
+    assert follows.data.world_seed == 3
+    # a study sets train.seed on the dumped base: the world follows it again
+    dumped = follows.model_dump()
+    dumped["train"]["seed"] = 5
+    assert RunConfig.model_validate(dumped).data.world_seed == 5
+    fixed = RunConfig.model_validate({"data": {"world_seed": 2}, "train": {"seed": 3}})
+    assert fixed.data.world_seed == 2
+
+
+def test_captions_always_name_the_shape_and_state_other_shared_facts_only_sometimes():
+    """What makes shape necessary: pairs that colour, size and position would tell apart without shape
+    are rare, because a caption states each of them only sometimes, and the shape always."""
+    scenes = sample_scenes(0, "train", 0, 2000, 0.5, 64)
+    captions = scene_captions(scenes)
+    for i, caption in enumerate(captions[:300]):
+        shape = SHAPES[scenes.label[i]]
+        names = {shape, *SYNONYMS[shape]}
+        main_part = caption.split(" next to ")[0].split(" near ")[0]
+        assert names & {w.strip(",;") for w in main_part.replace("'s ", " ").split()}, caption
+    words = [set(c.replace(",", " ").replace(";", " ").split()) for c in captions]
+    stated_colour = np.mean([COLOURS[scenes.colour[i, -1]] in w for i, w in enumerate(words)])
+    assert 0.0 < stated_colour <= CAPTION_MENTION_PROBABILITY["colour"] + 0.2  # + distractor clauses' colours
+    all_three = np.mean([
+        COLOURS[scenes.colour[i, -1]] in w and bool({SIZES[scenes.size[i]], *SYNONYMS[SIZES[scenes.size[i]]]} & w)
+        and POSITIONS[scenes.position[i]] in captions[i]
+        for i, w in enumerate(words)
+    ])
+    assert all_three < 0.2

@@ -231,7 +231,7 @@ def build_train_dataset(cfg: RunConfig) -> torch.utils.data.Dataset:
 
     needs_views = LatentStructureLoss(cfg.regularizers).needs_augmented_views
     return build_pretrain_dataset(cfg.data, "train", augment=needs_views, batch_size=cfg.train.batch_size,
-                                  shuffle_seed=cfg.train.seed)
+                                  train_seed=cfg.train.seed)
 
 
 # -------------------------------------------------------------------- evaluation

@@ -51,6 +51,10 @@ class DataConfig(_Strict):
     info_gap: float = Field(0.5, ge=0.0, le=1.0)
     image_size: int = Field(64, ge=16)
     world_seed: int = 0
+    # True: world_seed is set to train.seed, so a study's seeds also draw different worlds (train,
+    # validation and test samples) -- for claims about the world, not one sample of it. False: every
+    # seed trains on the same world and varies only initialisation, batch order and augmented views.
+    world_seed_follows_train_seed: bool = False
     cache_dir: str | None = None
     # real data (paths are checked to exist at validation time)
     path: str | None = None
@@ -184,6 +188,12 @@ class RunConfig(_Strict):
     regularizers: RegularizerConfig = Field(default_factory=RegularizerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+    @model_validator(mode="after")
+    def _world_follows_seed(self) -> RunConfig:
+        if self.data.world_seed_follows_train_seed and self.data.world_seed != self.train.seed:
+            self.data.world_seed = self.train.seed
+        return self
 
 
 # --------------------------------------------------------------------------- loading

@@ -1,16 +1,21 @@
 """Augmented views for the regularizers: random resized crop + flip + colour jitter, and EDA for text.
 
+A horizontally flipped view swaps left and right, so its caption is mirrored too (`mirror_caption`):
+a view's caption never contradicts its image, which BB and GC's augmented pair term rely on.
+
 The image view reproduces torchvision.transforms.v2's kernels (`resized_crop` with nearest
 interpolation, `horizontal_flip`, `adjust_brightness/contrast/saturation`; tests check parity)
 in numpy, because v2's per-call overhead on a 64 px image measured ~3 ms here: 60x the budget of
 a DataLoader worker that must feed 2,000 samples/s. Each view is a pure function of
-(seed, index, epoch), so runs replay exactly and workers share no random state.
+(world seed, training seed, index, epoch), so runs replay exactly, workers share no random state,
+and the seeds of a study draw different views.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -22,8 +27,18 @@ from trainers.data.world import SYNONYMS
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 
 
-def view_seed(seed: int, index: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch) * 10_000_019 + index
+def view_seed(seed: int, index: int, epoch: int, train_seed: int = 0) -> int:
+    """One integer per (data seed, sample, epoch, training seed); distinct for distinct tuples of
+    non-negative values below the multipliers (Python ints do not overflow)."""
+    return ((train_seed * 1_000_003 + seed) * 1_000_003 + epoch) * 10_000_019 + index
+
+
+MIRRORED_WORDS = {"left": "right", "right": "left"}
+
+
+def mirror_caption(caption: str) -> str:
+    """The caption of the horizontally mirrored image: "left" and "right" trade places."""
+    return re.sub(r"\b(left|right)\b", lambda match: MIRRORED_WORDS[match.group(1)], caption)
 
 
 @dataclass(frozen=True)
@@ -88,8 +103,12 @@ class ImageAugmentation:
         self.image_size, self.crop_scale = image_size, crop_scale
 
     def __call__(self, image: torch.Tensor, seed: int) -> torch.Tensor:
+        return self.view(image, seed)[0]
+
+    def view(self, image: torch.Tensor, seed: int) -> tuple[torch.Tensor, bool]:
+        """The view and whether it is mirrored (its caption must then be mirrored as well)."""
         params = draw_view_params(random.Random(seed), image.shape[-2], image.shape[-1], self.crop_scale)
-        return torch.from_numpy(apply_view(image.numpy(), params, self.image_size))
+        return torch.from_numpy(apply_view(image.numpy(), params, self.image_size)), params.flip
 
 
 def eda_augment(caption: str, seed: int, synonyms: Mapping[str, Sequence[str]] = SYNONYMS,

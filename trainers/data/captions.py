@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 
 from trainers.data.world import (
+    CAPTION_MENTION_PROBABILITY,
     CAPTION_TEMPLATES,
     COLOURS,
     COUNT_WORDS,
@@ -38,11 +39,15 @@ def scene_caption(scenes: Scenes, i: int, paraphrase: int = 0) -> str:
     rng = random.Random(int(scenes.caption_seed[i]) * 7919 + paraphrase)
     # paraphrase k shifts the template, so the paraphrases of one scene differ in phrasing
     template = CAPTION_TEMPLATES[(int(scenes.caption_seed[i]) + paraphrase) % len(CAPTION_TEMPLATES)]
-    caption = template.format(
-        size=_word(SIZES[scenes.size[i]], rng), colour=COLOURS[scenes.colour[i, -1]],
-        shape=_word(SHAPES[scenes.shape[i, -1]], rng), position=POSITIONS[scenes.position[i]],
-        owner=OWNERS[scenes.owner[i]], material=MATERIALS[scenes.material[i]],
-    )
+    words = []
+    if rng.random() < CAPTION_MENTION_PROBABILITY["size"]:
+        words.append(_word(SIZES[scenes.size[i]], rng))
+    if rng.random() < CAPTION_MENTION_PROBABILITY["colour"]:
+        words.append(COLOURS[scenes.colour[i, -1]])
+    words.append(_word(SHAPES[scenes.shape[i, -1]], rng))
+    where = f" {POSITIONS[scenes.position[i]]}" if rng.random() < CAPTION_MENTION_PROBABILITY["position"] else ""
+    caption = template.format(thing=" ".join(words), where=where, owner=OWNERS[scenes.owner[i]],
+                              material=MATERIALS[scenes.material[i]])
     caption = caption.replace("photo", _word("photo", rng)).replace("sits", _word("sits", rng))
     return caption + _distractor_clause(scenes, i, rng)
 

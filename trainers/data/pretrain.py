@@ -20,7 +20,7 @@ import webdataset as wds
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from trainers.config import DataConfig
-from trainers.data.augment import ImageAugmentation, eda_augment, view_seed
+from trainers.data.augment import ImageAugmentation, eda_augment, mirror_caption, view_seed
 from trainers.data.images import decode_image_bytes, load_image, read_json_annotations, resolve
 from trainers.data.synthetic import world_split
 
@@ -31,8 +31,9 @@ Item = dict[str, torch.Tensor | str | int]
 class _Views:
     """Builds an item and, when augmenting, its views for the current epoch."""
 
-    def __init__(self, image_size: int, augment: bool, seed: int):
-        self.augment, self.seed, self.epoch = augment, seed, 0
+    def __init__(self, image_size: int, augment: bool, world_seed: int, train_seed: int):
+        # views follow the training seed too: otherwise every seed of a study would see the same views
+        self.augment, self.world_seed, self.train_seed, self.epoch = augment, world_seed, train_seed, 0
         self.image_augmentation = ImageAugmentation(image_size) if augment else None
 
     def set_epoch(self, epoch: int) -> None:
@@ -41,17 +42,18 @@ class _Views:
     def item(self, index: int, image: torch.Tensor, caption: str) -> Item:
         item: Item = {"image": image, "caption": caption, "index": index}
         if self.image_augmentation is not None:
-            seed = view_seed(self.seed, index, self.epoch)
-            item["image_aug"] = self.image_augmentation(image, seed)
-            item["caption_aug"] = eda_augment(caption, seed)
+            seed = view_seed(self.world_seed, index, self.epoch, self.train_seed)
+            item["image_aug"], flipped = self.image_augmentation.view(image, seed)
+            # a mirrored view is described by the mirrored caption: "left" and "right" trade places
+            item["caption_aug"] = eda_augment(mirror_caption(caption) if flipped else caption, seed)
         return item
 
 
 class SyntheticPretrainDataset(Dataset):
-    def __init__(self, data: DataConfig, split: str, augment: bool):
+    def __init__(self, data: DataConfig, split: str, augment: bool, train_seed: int = 0):
         count = data.train_size if split == "train" else data.eval_size
         self.split = world_split(data, split, count)
-        self.views = _Views(data.image_size, augment, data.world_seed)
+        self.views = _Views(data.image_size, augment, data.world_seed, train_seed)
 
     def __len__(self) -> int:
         return len(self.split)
@@ -67,10 +69,10 @@ class SyntheticPretrainDataset(Dataset):
 class AnnotatedPretrainDataset(Dataset):
     """(image path, caption) rows from a CSV/TSV or a JSON annotation file; images read lazily."""
 
-    def __init__(self, rows: list[tuple[Path, str, str]], data: DataConfig, augment: bool):
+    def __init__(self, rows: list[tuple[Path, str, str]], data: DataConfig, augment: bool, train_seed: int = 0):
         self.rows = rows  # (image path, caption, "file:row" for error messages)
         self.image_size = data.image_size
-        self.views = _Views(data.image_size, augment, data.world_seed)
+        self.views = _Views(data.image_size, augment, data.world_seed, train_seed)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -174,7 +176,7 @@ class WebDatasetPretrain(IterableDataset):
         self.image_size = data.image_size
         self.image_key, self.caption_key = data.image_key, data.caption_key
         self.max_skipped_fraction = data.max_skipped_fraction
-        self.views = _Views(data.image_size, augment, data.world_seed)
+        self.views = _Views(data.image_size, augment, data.world_seed, shuffle_seed)
         self.shuffle_seed = shuffle_seed
         self.rank, self.world_size = rank_and_world_size or _distributed_position()
         self.loader_workers = max(1, data.num_loader_workers)
@@ -314,17 +316,18 @@ def check_epoch_split(num_shards: int, samples_per_epoch: int, world_size: int, 
 
 
 def build_pretrain_dataset(data: DataConfig, split: str = "train", augment: bool = False,
-                           batch_size: int | None = None, shuffle_seed: int = 0) -> Dataset:
+                           batch_size: int | None = None, train_seed: int = 0) -> Dataset:
     """The pre-training set of `data`. Real data sets ignore `split` (their files are the split).
     `batch_size` (per worker) makes a WebDataset epoch a whole number of batches on every worker;
-    `shuffle_seed` seeds its per-epoch shard order."""
+    `train_seed` (the run's `train.seed`) seeds, with the world seed, the augmented views, and a
+    WebDataset's per-epoch shard order."""
     if data.dataset == "synthetic":
-        return SyntheticPretrainDataset(data, split, augment)
+        return SyntheticPretrainDataset(data, split, augment, train_seed)
     if data.dataset == "webdataset":
-        return WebDatasetPretrain(shard_urls(data.path), data, augment, batch_size, shuffle_seed)
+        return WebDatasetPretrain(shard_urls(data.path), data, augment, batch_size, train_seed)
     paths = [p for p in (data.path or "").split("::") if p]
     if data.dataset == "csv":
         rows = [row for path in paths for row in read_csv_rows(path, data)]
     else:  # coco_json
         rows = [row for path in paths for row in read_albef_caption_rows(path, data.image_root)]
-    return AnnotatedPretrainDataset(rows, data, augment)
+    return AnnotatedPretrainDataset(rows, data, augment, train_seed)

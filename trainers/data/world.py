@@ -47,7 +47,7 @@ MAX_OBJECTS = 3
 # "validation" scores them for selecting hyperparameters; "test" scores them for reporting. The ids
 # seed the samples, so existing splits keep their samples when one is added.
 SPLIT_IDS = {"train": 0, "task_train": 1, "test": 2, "validation": 3}
-WORLD_VERSION = 1  # bump when generation changes, so caches are rebuilt
+WORLD_VERSION = 2  # bump when generation changes, so caches are rebuilt
 
 # Synonyms the captions may use and that EDA replaces; zero-shot class names stay canonical.
 SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -58,14 +58,20 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "there": ("here",), "sits": ("rests", "lies"), "thing": ("object", "item"),
 }
 
+# {thing} is the main object's "[size] [colour] shape" and {where} its " position"; which of size,
+# colour and position a caption states is drawn per caption (CAPTION_MENTION_PROBABILITY), the shape
+# always. A caption that always stated colour, size and position would tell a batch's pairs apart
+# without its shape (8 colours x 9 positions x 3 sizes), and contrastive training learns only what
+# tells pairs apart: the image towers then never learned shape (shape probe at chance).
 CAPTION_TEMPLATES = (
-    "a {size} {colour} {shape} {position}, made of {material} and owned by {owner}",
-    "{owner}'s {material} {shape} is {colour} and {size}, {position}",
-    "there is a {size} {colour} {material} {shape} {position} that belongs to {owner}",
-    "a photo of {owner}'s {size} {colour} {shape} {position}; it is {material}",
-    "{position} sits a {colour} {shape} of {size} size, {owner} owns this {material} thing",
-    "the {material} {shape} {position} is {size} and {colour}, property of {owner}",
+    "a {thing}{where}, made of {material} and owned by {owner}",
+    "{owner}'s {material} {thing}{where}",
+    "there is a {thing}{where} that belongs to {owner}; it is {material}",
+    "a photo of {owner}'s {thing}{where}; it is {material}",
+    "this {thing}{where} sits here, {owner} owns this {material} thing",
+    "the {material} {thing}{where} is property of {owner}",
 )
+CAPTION_MENTION_PROBABILITY = {"size": 0.5, "colour": 0.5, "position": 0.5}
 DISTRACTOR_CLAUSES = (" next to a {colour} {shape}", " near a {colour} {shape}", " with {count} objects in view")
 
 
