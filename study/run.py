@@ -28,7 +28,7 @@ from ray.tune.search.repeater import TRIAL_INDEX
 from analysis.files import write_atomic
 from study.spec import StudySpec, load_study, searched_keys, selection_metric
 from trainers.config import ConfigError
-from trainers.train import CHECKPOINTS_KEPT, init_ray
+from trainers.train import CHECKPOINTS_KEPT, check_data, init_ray
 
 EXPERIMENT = "trials"
 STUDY_FILE = "study.yaml"
@@ -279,8 +279,13 @@ def main(argv: list[str] | None = None) -> int:
             print(describe(spec))
             return 0
         check_results_dir(results, args.resume)
+        check_data(spec.base)
     except (ConfigError, StudyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # the data the base configuration names (check_data): file and row, or key
+        message = str(exc)
+        print(f"error: {'base.' + message if message.startswith('data.') else message}", file=sys.stderr)
         return 2
 
     if not is_uri(results) and not args.resume:
@@ -306,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
 
         report = write_report(local_path(results))
         print(f"report: {report}")
-    return 0
+    # 0 only when every trial finished; the report above lists a failed trial with its reason
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -395,9 +395,10 @@ def _data_path_problems(base: RunConfig) -> list[str]:
                 if not directory.is_dir():
                     problems.append(f"base.data.path: directory {directory} of {path} does not exist")
     for i, entry in enumerate(data.zeroshot):
-        _, _, path = entry.partition(":")
-        if path and _is_local(path) and not Path(path).exists():
-            problems.append(f"base.data.zeroshot[{i}]: {path} does not exist")
+        # "folder:/images::/classnames.txt" names two paths (the contents are checked by study.run)
+        for path in entry.partition(":")[2].split("::"):
+            if path and _is_local(path) and not Path(path).exists():
+                problems.append(f"base.data.zeroshot[{i}]: {path} does not exist")
     return problems
 
 

@@ -72,6 +72,17 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         print(f"Ray dashboard: http://{url}  ({AUTH_TOKEN_HINT})", flush=True)
 
 
+def input_error_message(error: ValueError) -> str:
+    """The one line of a bad-input error; for one re-raised from a DataLoader worker ("Caught
+    ValueError in DataLoader worker process 0." + the worker's traceback), the worker's own message."""
+    lines = str(error).strip().splitlines()
+    if lines and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
+        raised = [line for line in lines if line.startswith(f"{type(error).__name__}: ")]
+        if raised:
+            return raised[-1].split(": ", 1)[1]
+    return lines[0] if lines else type(error).__name__
+
+
 def input_error_of(exc: BaseException) -> ValueError | None:
     """The bad-input error (a ValueError naming file and row, e.g. a corrupt image) behind a failed run."""
     for failure in getattr(exc, "worker_failures", {}).values():
@@ -83,16 +94,22 @@ def input_error_of(exc: BaseException) -> ValueError | None:
 
 
 def check_data(cfg: RunConfig) -> None:
-    """Read a real data set's index (CSV columns, annotation files) here, before Ray starts, so that
-    bad input fails fast in one line rather than inside a worker."""
-    if cfg.data.dataset == "webdataset":
-        from trainers.data.pretrain import check_webdataset
+    """Every path the configuration names, checked here, before Ray starts, so that bad input fails
+    fast in one line (file and row, or the key) rather than inside a worker: the training data (CSV
+    columns and rows, every image it names; JSON entries; WebDataset shards and the epoch's split),
+    the zero-shot sets (files, classes by name) and the annotation files (keys, splits, images)."""
+    from trainers.data.pretrain import check_annotated_pretraining, check_webdataset
+    from trainers.data.real_tasks import check_annotations, check_zeroshot_entry
 
-        check_webdataset(cfg.data, cfg.resources.num_workers, cfg.train.batch_size)
-    elif cfg.data.dataset != "synthetic":
-        from trainers.family import get_family
-
-        get_family(cfg.model.family).build_train_dataset(cfg)
+    data, workers, batch = cfg.data, cfg.resources.num_workers, cfg.train.batch_size
+    if data.dataset == "webdataset":
+        check_webdataset(data, workers, batch)
+    elif data.dataset in ("csv", "coco_json"):
+        check_annotated_pretraining(data, workers, batch)
+    if data.dataset != "synthetic":
+        for i, entry in enumerate(data.zeroshot):
+            check_zeroshot_entry(entry, f"data.zeroshot[{i}]")
+        check_annotations(data)
 
 
 def absolute_storage(path: str) -> str:
@@ -133,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         if (cause := input_error_of(exc)) is not None:
-            print(f"error: {str(cause).strip().splitlines()[0]}", file=sys.stderr)
+            print(f"error: {input_error_message(cause)}", file=sys.stderr)
             return 2
         print(f"error: training failed: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
         return 1

@@ -44,6 +44,18 @@ def load_image(path: Path, image_size: int, where: str) -> torch.Tensor:
         raise ValueError(f"{where}: cannot read image {path} ({exc})") from None
 
 
+def check_image_file(path: Path, where: str, read_header: bool = True) -> None:
+    """Before training: the file exists and (read_header) PIL recognises its header; cheap, no decode."""
+    if not path.is_file():
+        raise ValueError(f"{where}: image file {path} does not exist")
+    if read_header:
+        try:
+            with Image.open(path):
+                pass
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise ValueError(f"{where}: cannot read image {path} ({exc})") from None
+
+
 def resolve(path: str, root: str | Path | None) -> Path:
     candidate = Path(path)
     return candidate if candidate.is_absolute() or root is None else Path(root) / candidate

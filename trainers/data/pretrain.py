@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from trainers.config import DataConfig
 from trainers.data.augment import ImageAugmentation, eda_augment, mirror_caption, view_seed
-from trainers.data.images import decode_image_bytes, load_image, read_json_annotations, resolve
+from trainers.data.images import check_image_file, decode_image_bytes, load_image, read_json_annotations, resolve
 from trainers.data.synthetic import world_split
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,14 @@ class AnnotatedPretrainDataset(Dataset):
 
 def read_csv_rows(path: str, data: DataConfig) -> list[tuple[Path, str, str]]:
     """open_clip-style CSV/TSV: `image_key` and `caption_key` columns, paths relative to image_root."""
-    frame = pd.read_csv(path, sep=data.separator, dtype=str, keep_default_na=False)
+    try:
+        frame = pd.read_csv(path, sep=data.separator, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: empty file (expected a header naming the columns {data.image_key!r} and "
+                         f"{data.caption_key!r})") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a {'TSV' if data.separator == chr(9) else 'CSV'} file "
+                         f"({str(exc).strip().splitlines()[-1]})") from None
     for column, key in ((data.image_key, "image_key"), (data.caption_key, "caption_key")):
         if column not in frame.columns:
             raise ValueError(
@@ -275,6 +282,26 @@ class WebDatasetPretrain(IterableDataset):
         if self.num_read and self.num_corrupt / self.num_read > self.max_skipped_fraction:
             raise ValueError(f"{self.last_skipped}: {self.num_corrupt} of {self.num_read} samples read were skipped "
                              f"as unreadable, more than data.max_skipped_fraction = {self.max_skipped_fraction}")
+
+
+# Above this many rows, only each image's presence is checked before training, not its header.
+IMAGE_HEADER_CHECK_ROWS = 200_000
+
+
+def check_annotated_pretraining(data: DataConfig, world_size: int, batch_size: int) -> None:
+    """Before Ray starts: a CSV/TSV or JSON pre-training set reads, every image it names exists (and its
+    header reads, up to IMAGE_HEADER_CHECK_ROWS rows), and it holds at least one batch per worker."""
+    dataset = build_pretrain_dataset(data, "train")
+    rows = dataset.rows
+    source = data.path
+    if not rows:
+        raise ValueError(f"{source}: no image-caption pairs (only a header?)")
+    if len(rows) < batch_size * world_size:
+        raise ValueError(f"{source}: {len(rows)} pairs are fewer than one batch of {batch_size} on each of "
+                         f"{world_size} worker(s) (train.batch_size, resources.num_workers): an epoch would train "
+                         "0 steps")
+    for path, _, where in rows:
+        check_image_file(path, where, read_header=len(rows) <= IMAGE_HEADER_CHECK_ROWS)
 
 
 def check_webdataset(data: DataConfig, world_size: int, batch_size: int) -> None:

@@ -250,6 +250,66 @@ def load_zeroshot_entry(entry: str, data: DataConfig, where: str = "data.zerosho
                        probe, validation_probe)
 
 
+def check_zeroshot_entry(entry: str, where: str) -> None:
+    """Before Ray starts, without decoding images: the set's files are there and its classes match by name."""
+    kind, _, location = entry.partition(":")
+    where = f"{where}: {entry}"
+    if kind in ("cifar10", "cifar100"):
+        evaluation = _cifar_dataset(kind, location, False, where)
+        _cifar_classnames(kind, list(evaluation.classes), where)
+        cls = type(evaluation)
+        missing = [name for name, _ in cls.train_list if not (Path(location) / cls.base_folder / name).is_file()]
+        if missing:
+            raise ValueError(f"{where}: the training split's {missing[0]} is missing (the linear probe trains on it)")
+    elif kind == "imagenet":
+        match_class_folders(location, imagenet_synsets(), where, "ImageNet-1k's synset ids")
+    elif kind == "folder":
+        root, _, names_file = location.partition("::")
+        if not names_file:
+            raise ValueError(f"{where}: expected folder:/images::/classnames.txt")
+        match_class_folders(root, list(read_classnames(names_file, where)), where,
+                            f"the class names in {names_file}")
+    else:
+        raise ValueError(f"{where}: unknown kind {kind!r} (cifar10, cifar100, imagenet, folder)")
+    if kind in ("imagenet", "folder"):
+        root = location.partition("::")[0]
+        empty = [folder for folder in _class_folders(root, where) if not any((Path(root) / folder).iterdir())]
+        if empty:
+            raise ValueError(f"{where}: class folder {Path(root) / empty[0]} holds no images")
+
+
+# The images each annotation file names, by its entries' keys (read_json_annotations' `required`).
+_ANNOTATION_IMAGE_KEYS = {"vqa_train": ("image", "question", "answer"), "vqa_test": ("image", "question", "answer"),
+                          "nlvr_train": ("images", "sentence", "label"), "nlvr_test": ("images", "sentence", "label"),
+                          "ve_train": ("image", "sentence", "label"), "ve_test": ("image", "sentence", "label")}
+
+
+def check_annotations(data: DataConfig) -> None:
+    """Before Ray starts: each annotation file reads, has its keys and splits, and names existing images."""
+    for task, path in data.annotations.items():
+        if task == "retrieval_val" or task == "vqa_answers":
+            continue
+        if task == "retrieval":
+            retrieval_split_entries(path, data.annotations.get("retrieval_val"))  # both splits are there
+            used = [(path, row, e) for row, e in enumerate(read_retrieval_entries(path))
+                    if e.get("split", "test") in ("test", "val")]
+            if "retrieval_val" in data.annotations:
+                source = data.annotations["retrieval_val"]
+                used += [(source, row, e) for row, e in enumerate(read_retrieval_entries(source))]
+            named = [(e["image"], source, row) for source, row, e in used]
+        else:
+            entries = read_json_annotations(path, _ANNOTATION_IMAGE_KEYS[task])
+            named = [(image, path, row) for row, e in enumerate(entries)
+                     for image in (e["images"] if "images" in e else [e["image"]])]
+        for image, source, row in named:
+            root = data.image_root if data.image_root is not None else Path(source).parent
+            if task.startswith("ve_") and not Path(image).suffix:
+                image = f"{image}.jpg"  # SNLI-VE names Flickr30k images by id (see _ve_split)
+            if not resolve(image, root).is_file():
+                raise ValueError(f"{source}:entry {row}: image file {resolve(image, root)} does not exist "
+                                 f"(data.annotations.{task})")
+
+
 def build_real_task_sets(data: DataConfig) -> TaskSets:
     """The test task sets, with the validation ones in `.validation` (see the module's docstring)."""
     loaded = [load_zeroshot_entry(entry, data, f"data.zeroshot[{i}]") for i, entry in enumerate(data.zeroshot)]
@@ -326,19 +386,26 @@ def load_retrieval_splits(path: str, validation_path: str | None, image_root: st
                           limit: int | None) -> tuple[RetrievalTask, RetrievalTask]:
     """(test, validation) retrieval sets: entries with "split" "test" and "val" when the file says
     (training entries are left out), a separate validation file, or else even and odd entries."""
+    test, validation = retrieval_split_entries(path, validation_path)
+    return (load_albef_retrieval_json(path, image_root, image_size, limit, test),
+            load_albef_retrieval_json(validation_path or path, image_root, image_size, limit, validation))
+
+
+def retrieval_split_entries(path: str, validation_path: str | None) -> tuple[list[dict], list[dict]]:
     entries = read_retrieval_entries(path)
     if validation_path is not None:
-        test, validation = entries, read_retrieval_entries(validation_path)
-    elif any("split" in entry for entry in entries):
+        return entries, read_retrieval_entries(validation_path)
+    if any("split" in entry for entry in entries):
         test = [entry for entry in entries if entry.get("split") == "test"]
         validation = [entry for entry in entries if entry.get("split") == "val"]
         if not test or not validation:
             raise ValueError(f"data.annotations.retrieval: {path} has {len(test)} entries with split 'test' and "
                              f"{len(validation)} with split 'val'; it needs both")
-    else:
-        test, validation = entries[0::2], entries[1::2]
-    return (load_albef_retrieval_json(path, image_root, image_size, limit, test),
-            load_albef_retrieval_json(validation_path or path, image_root, image_size, limit, validation))
+        return test, validation
+    if len(entries) < 2:
+        raise ValueError(f"data.annotations.retrieval: {path} has {len(entries)} entries; a test and a validation "
+                         "half need at least 2")
+    return entries[0::2], entries[1::2]
 
 
 def _majority_answer(answer) -> str:
