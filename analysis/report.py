@@ -192,12 +192,15 @@ def _trials_section(trials: pd.DataFrame, missing: list[str]) -> Section:
     return section
 
 
-def _reference_section(writer: ReportWriter, trials: pd.DataFrame) -> Section:
+def _reference_section(writer: ReportWriter, trials: pd.DataFrame, eval_limit: int | None = None) -> Section:
     section = Section("The paper's numbers")
     reference = reference_table(trials, zeroshot_sets(trials.columns))
     if reference is not None:
         section.paragraphs.append("Zero-shot top-1 (%) on the data sets this study shares with the paper "
                                   "(Jiang et al., CVPR 2023, tables 1–2), beside this study's.")
+        if eval_limit is not None:  # the paper's numbers are on full evaluation sets
+            section.paragraphs.append(f"This study evaluated at most {eval_limit} images per set "
+                                      "(data.eval_limit), half of them for validation; the paper used full sets.")
         writer.frame(section, "Zero-shot top-1 (%): paper and this study", reference, "reference_zeroshot")
         return section
     section.paragraphs.append("This study's data sets differ from the paper's (CC3M pre-training, zero-shot on "
@@ -342,7 +345,7 @@ def build_sections(study: Study, trials: pd.DataFrame, writer: ReportWriter) -> 
     optuna_section = _optuna_section(writer, study)
     if optuna_section is not None:
         sections.append(optuna_section)
-    sections += [_reference_section(writer, trials), _trials_section(trials, missing)]
+    sections += [_reference_section(writer, trials, study.base.data.eval_limit), _trials_section(trials, missing)]
     return sections
 
 
