@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from torch.utils.data import IterableDataset  # noqa: E402
 
 from trainers.config import RunConfig  # noqa: E402
 from trainers.data.pretrain import build_pretrain_dataset  # noqa: E402
@@ -25,9 +26,9 @@ def _show(axis, image: torch.Tensor, title: str) -> None:
 
 
 def _samples(dataset) -> list[dict]:
-    if hasattr(dataset, "__len__"):
-        return [dataset[i] for i in range(min(NUM_SAMPLES, len(dataset)))]
-    return [item for item, _ in zip(dataset, range(NUM_SAMPLES), strict=False)]
+    if isinstance(dataset, IterableDataset):  # a stream (WebDataset): its first samples
+        return [item for item, _ in zip(dataset, range(NUM_SAMPLES), strict=False)]
+    return [dataset[i] for i in range(min(NUM_SAMPLES, len(dataset)))]
 
 
 def _task_panels(tasks: TaskSets) -> list[tuple[torch.Tensor, str]]:
@@ -57,6 +58,11 @@ def _task_panels(tasks: TaskSets) -> list[tuple[torch.Tensor, str]]:
 
 
 def render_preview(config: RunConfig, tasks: TaskSets, out: Path) -> Path:
+    """Runs the checks a training run makes before Ray starts (`check_data`) first, so that a preview
+    that renders means the run's data would be accepted too."""
+    from trainers.train import check_data
+
+    check_data(config)
     samples = _samples(build_pretrain_dataset(config.data, augment=True))
     panels = _task_panels(tasks)
     columns = max(NUM_SAMPLES, len(panels))
