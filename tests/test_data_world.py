@@ -17,6 +17,7 @@ from trainers.data.world import (
     CAPTION_MENTION_PROBABILITY,
     COLOURS,
     MATERIALS,
+    MAX_DISTRACTORS,
     OWNERS,
     POSITIONS,
     SHAPES,
@@ -97,7 +98,7 @@ def test_world_has_enough_classes_and_every_shape_occurs():
     scenes = sample_scenes(0, "train", 0, 400, 0.5, 64)
     assert len(SHAPES) >= 6
     assert set(np.unique(scenes.label)) == set(range(len(SHAPES)))
-    assert set(np.unique(scenes.num_objects)) == {1, 2, 3}
+    assert set(np.unique(scenes.num_objects)) == set(range(1, MAX_DISTRACTORS + 2))
 
 
 def test_cache_is_written_once_and_reused(tmp_path):
