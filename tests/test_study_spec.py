@@ -90,7 +90,7 @@ def test_paper_clip_is_the_papers_setup(paper_paths: list[str]):
 
 def test_default_gc_study_is_small_enough_for_a_laptop():
     spec = load_study(SEARCH_SPACES / "gc.yaml")
-    assert spec.base.model.arch == "tiny-rn" and not spec.base.resources.use_gpu
+    assert spec.base.model.arch == "tiny-cnn" and not spec.base.resources.use_gpu
     assert spec.search.seeds == [0, 1, 2, 3, 4] and spec.num_trials() == (3 + 1) * 5  # + the baseline
 
 

@@ -103,8 +103,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(ray_cluster, tmp_path):
 def test_short_run_is_above_chance(ray_cluster, tmp_path):
     """The default study's model and settings (search_spaces/gc.yaml) after two short epochs."""
     cfg = tiny_config(
-        model={"arch": "tiny-rn"}, data={"train_size": 4096, "eval_size": 256},
-        train={"epochs": 2, "batch_size": 64, "lr": 2e-3, "warmup_steps": 20}, regularizers={"gc": 0.0},
+        model={"arch": "tiny-cnn"}, data={"train_size": 4096, "eval_size": 256},
+        train={"epochs": 2, "batch_size": 32, "lr": 5e-3, "warmup_steps": 20}, regularizers={"gc": 0.0},
         eval={"every_epoch": False},
     )
     metrics = fit(cfg, tmp_path, "chance").metrics
