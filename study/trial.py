@@ -19,23 +19,26 @@ Tune before its Train run resumes: each epoch is in result.json exactly once.
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 from typing import Any
 
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from analysis.files import write_atomic
 from study.search import seed_for_trial, trial_params
 from study.spec import StudySpec
 from trainers.config import RunConfig
-from trainers.loop import NonFiniteLossError
+from trainers.data.images import InputDataError
+from trainers.loop import NonFiniteLossError, RunStopped
 from trainers.train import build_torch_trainer
 
 EMBEDDINGS_FILE = "embeddings.npz"
-NONFINITE_FILE = "nonfinite_loss.txt"
 REPORTS_DIR = "reports"
+# A trial stopped by a failure that a retry would meet again leaves its reason here, so that Tune's
+# retries of it fail at once: file name and exception, by `RunStopped.kind`.
+STOPPED_MARKERS: dict[str, tuple[str, type[Exception]]] = {
+    "nonfinite_loss": ("nonfinite_loss.txt", NonFiniteLossError),
+    "bad_input": ("bad_input.txt", InputDataError),
+}
 
 
 def _reports_dir(train_storage: str, run_name: str):
@@ -93,34 +96,65 @@ def run_trial(config: dict[str, Any], study: dict[str, Any], train_storage: str)
     params = trial_params(config) | {"train.seed": seed_for_trial(config, spec.search.seeds)}
     cfg = spec.trial_run_config(params)
     context = tune.get_context()
-    marker = Path(context.get_trial_dir()) / NONFINITE_FILE
-    if marker.is_file():  # Tune restarted a trial that diverged: it would diverge again
-        raise NonFiniteLossError(marker.read_text())
+    filesystem, trial_dir = trial_directory()
+    for marker_name, error in STOPPED_MARKERS.values():
+        if (reason := _read_text(filesystem, f"{trial_dir}/{marker_name}")) is not None:
+            raise error(reason)  # Tune restarted a trial that would stop the same way again
     if cfg.resources.trains_in_trial_process():
-        failure, checkpoint = _train_in_trial_process(cfg)
+        stopped, checkpoint = _train_in_trial_process(cfg)
     else:
-        failure, checkpoint = _train_on_worker_group(cfg, train_storage, train_run_name(context.get_trial_id()))
-    if failure:
-        write_atomic(marker, failure)
-        raise NonFiniteLossError(failure)
+        stopped, checkpoint = _train_on_worker_group(cfg, train_storage, train_run_name(context.get_trial_id()))
+    if stopped is not None:
+        marker_name, error = STOPPED_MARKERS[stopped.kind]
+        _write_atomic(filesystem, f"{trial_dir}/{marker_name}", stopped.message.encode())
+        raise error(stopped.message)
     if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            source = Path(directory) / EMBEDDINGS_FILE
-            if source.is_file():
-                shutil.copyfile(source, Path(context.get_trial_dir()) / EMBEDDINGS_FILE)
+        import pyarrow.fs
+
+        source = f"{checkpoint.path}/{EMBEDDINGS_FILE}"
+        if checkpoint.filesystem.get_file_info(source).type == pyarrow.fs.FileType.File:
+            with checkpoint.filesystem.open_input_stream(source) as stream:
+                _write_atomic(filesystem, f"{trial_dir}/{EMBEDDINGS_FILE}", stream.read())
 
 
-def _train_in_trial_process(cfg: RunConfig):
+def trial_directory():
+    """(filesystem, path) of this trial's directory in the study's storage (`<results>/trials/<trial>`),
+    where the analysis reads it. Not `tune.get_context().get_trial_dir()`: that is a local staging
+    directory, and a trial run by a reused actor stages in a working directory that Tune never uploads."""
+    from ray.train._internal.session import get_storage  # Ray's DeveloperAPI for the configured storage
+
+    storage = get_storage()
+    return storage.storage_filesystem, storage.trial_fs_path
+
+
+def _read_text(filesystem, path: str) -> str | None:
+    import pyarrow.fs
+
+    if filesystem.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read().decode()
+
+
+def _write_atomic(filesystem, path: str, payload: bytes) -> None:
+    """Written whole, then renamed: a reader never finds half a file."""
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(f"{path}.tmp") as stream:
+        stream.write(payload)
+    filesystem.move(f"{path}.tmp", path)
+
+
+def _train_in_trial_process(cfg: RunConfig) -> tuple[RunStopped | None, Any]:
     import torch
 
     from trainers.loop import train_loop_per_worker, tune_trial_session
 
     torch.set_num_threads(max(1, round(cfg.resources.cpus_per_worker)))  # a reused actor keeps the last value
-    failure = train_loop_per_worker({"run": cfg.model_dump(mode="json")}, tune_trial_session())
-    return failure, tune.get_checkpoint()  # the last checkpoint this trial reported
+    stopped = train_loop_per_worker({"run": cfg.model_dump(mode="json")}, tune_trial_session())
+    return stopped, tune.get_checkpoint()  # the last checkpoint this trial reported
 
 
-def _train_on_worker_group(cfg: RunConfig, train_storage: str, run_name: str):
+def _train_on_worker_group(cfg: RunConfig, train_storage: str, run_name: str) -> tuple[RunStopped | None, Any]:
     previous = read_reports(train_storage, run_name)
     for metrics in previous:  # a restarted trial: Tune's result.json starts afresh, the Train run does not
         tune.report(metrics)

@@ -214,10 +214,9 @@ def write_csv_dataset(root: Path, image_column: str = "filepath", corrupt_row: i
     lines = [f"{image_column}\ttitle"]
     for index in range(32):
         image = root / f"{index}.png"
-        if index == corrupt_row:
-            image.write_bytes(b"\x89PNG but truncated")
-        else:
-            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(image)
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(image)
+        if index == corrupt_row:  # header and size intact (the pre-Ray check reads them), pixels cut off
+            image.write_bytes(image.read_bytes()[:100])
         lines.append(f"{image.name}\ta photo of thing {index}")
     table = root / "pairs.tsv"
     table.write_text("\n".join(lines) + "\n")
@@ -233,16 +232,22 @@ def test_train_cli_names_a_wrong_csv_column(tmp_path: Path):
 
 @pytest.mark.slow
 def test_train_cli_names_a_corrupt_image_and_its_row(tmp_path: Path):
+    """A corrupt image body (its header reads) is found by one of two Ray Train workers mid-epoch: both
+    stop together, the run is not retried although max_failures allows it, and the answer is one line."""
     table = write_csv_dataset(tmp_path / "data", corrupt_row=5)
-    config = write_run_config(tmp_path, data={"dataset": "csv", "path": str(table), "num_loader_workers": 0})
+    config = write_run_config(tmp_path, data={"dataset": "csv", "path": str(table), "num_loader_workers": 1},
+                              train={"max_failures": 2},
+                              resources={"num_workers": 2, "cpus_per_worker": 1, "use_gpu": False})
     proc = run_cli(["trainers.train", str(config), "--storage", str(tmp_path / "runs"), "--no-progress"],
                    timeout=300)
-    # Found by a worker mid-epoch: Ray forwards the worker's own log (prefixed "(Name pid=N)"), but the
-    # command's answer is one line, exit code 2. The header is line 1, so image 5 is on row 7.
+    # The header is line 1, so image 5 is on row 7.
     assert proc.returncode == 2, proc.stderr[-3000:]
     own_lines = [line for line in proc.stderr.splitlines() if line.strip() and " pid=" not in line]
     assert own_lines[-1].startswith("error: ") and not any("Traceback" in line for line in own_lines)
     assert re.search(rf"{re.escape(str(table))}:row 7: cannot read image .*5\.png", own_lines[-1])
+    # one attempt: a retry would read the image, and Ray forward the worker's failure, again
+    assert (proc.stdout + proc.stderr).count("5.png (") == 1, proc.stderr[-3000:]
+    assert not list((tmp_path / "runs").glob("bad-input/checkpoint_*"))
 
 
 def test_report_cli_rejects_a_missing_or_broken_results_dir(tmp_path: Path):

@@ -21,8 +21,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from itertools import count
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import ray.train
@@ -33,11 +34,49 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
 from trainers.checkpoint import load_training_state, save_training_state
 from trainers.config import RunConfig, TrainConfig
+from trainers.data.images import InputDataError
 from trainers.family import TrainingModule, get_family, total_loss
 
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class RunStopped:
+    """Why the loop stopped early on a failure that a retry would meet again (`fit()`'s `return_value`):
+    the loop returns instead of raising, because Ray Train (2.60) retries every worker exception."""
+
+    kind: Literal["nonfinite_loss", "bad_input"]
+    message: str
+
+
+def agree(failure: str | None, ended: bool = False) -> tuple[str | None, bool]:
+    """All ranks learn whether any rank failed (and its message) and whether every rank's data has
+    ended, so that they stop or go on together: one rank alone stopping would leave the others
+    waiting in a collective. One small all-reduce; messages are gathered only on a failure."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return failure, ended
+    flags = torch.tensor([float(failure is not None), float(ended)])
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    if flags[0].item() == 0:
+        return None, bool(flags[1].item())  # as drop_last: the epoch ends with the shortest rank's data
+    messages: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(messages, failure)
+    return next(message for message in messages if message is not None), True
+
+
+def next_batch(batches) -> tuple[Any, str | None, bool]:
+    """(batch, bad-input message, ended) for the next batch, agreed among ranks."""
+    batch, failure, ended = None, None, False
+    try:
+        batch = next(batches)
+    except StopIteration:
+        ended = True
+    except InputDataError as exc:
+        failure = exc.reason
+    failure, any_ended = agree(failure, ended)
+    return batch, failure, any_ended
 
 
 def seed_everything(seed: int) -> None:
@@ -163,7 +202,7 @@ def tune_trial_session() -> WorkerSession:
 def train_loop_per_worker(loop_config: dict[str, Any], session: WorkerSession | None = None) -> str | None:
     """Ray Train entry point. `loop_config["run"]` is a RunConfig as JSON; it is validated here.
 
-    Returns None, or the message of a non-finite loss that stopped the run (`fit()`'s `return_value`)."""
+    Returns None, or why the run stopped early (`RunStopped`: a non-finite loss, bad input data)."""
     cfg = RunConfig.model_validate(loop_config["run"])
     quiet_ray_train_logs()
     session = session or ray_train_session()
@@ -207,7 +246,13 @@ def train_loop_per_worker(loop_config: dict[str, Any], session: WorkerSession | 
         # accumulated on the device: no host sync per term per step
         sums: dict[str, torch.Tensor | float] = defaultdict(float)
         num_batches, num_samples, started = 0, 0, time.perf_counter()
-        for micro_step, batch in enumerate(loader):
+        batches = iter(loader)
+        for micro_step in count():
+            batch, bad_input, ended = next_batch(batches)
+            if bad_input is not None:
+                return RunStopped("bad_input", bad_input)
+            if ended:
+                break
             batch = to_device(batch, device)
             last_micro = (micro_step + 1) % cfg.train.grad_accum_steps == 0
             sync = nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
@@ -218,7 +263,7 @@ def train_loop_per_worker(loop_config: dict[str, Any], session: WorkerSession | 
                 failure = check_finite(losses, loss, step, epoch)
                 if failure is not None:
                     # Stop without raising: a retry from the checkpoint would fail again the same way.
-                    return failure
+                    return RunStopped("nonfinite_loss", failure)
                 (loss / cfg.train.grad_accum_steps).backward()
             if last_micro:
                 if cfg.train.grad_clip_norm is not None:
@@ -251,8 +296,14 @@ def train_loop_per_worker(loop_config: dict[str, Any], session: WorkerSession | 
             "train/lr": scheduler.get_last_lr()[-1],
         }
         last_epoch = epoch == cfg.train.epochs - 1
-        if rank == 0 and (cfg.eval.every_epoch or last_epoch):
-            epoch_metrics |= family.evaluate(core, cfg, device)
+        bad_input = None
+        try:
+            if rank == 0 and (cfg.eval.every_epoch or last_epoch):
+                epoch_metrics |= family.evaluate(core, cfg, device)
+        except InputDataError as exc:  # an evaluation image; the other ranks wait for rank 0 below
+            bad_input = exc.reason
+        if (bad_input := agree(bad_input)[0]) is not None:
+            return RunStopped("bad_input", bad_input)
         if writer is not None:
             for key, value in epoch_metrics.items():
                 writer.add_scalar(key, value, step)

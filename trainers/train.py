@@ -29,7 +29,7 @@ def build_torch_trainer(
     loop_options: dict[str, Any] | None = None,
 ):
     """The TorchTrainer for one run; a trial of a study and `trainers.train` both use it.
-    `fit()`'s `return_value` is the loop's: None, or the message of a non-finite loss."""
+    `fit()`'s `return_value` is the loop's: None, or a `RunStopped` (a non-finite loss, bad input data)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -72,19 +72,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         print(f"Ray dashboard: http://{url}  ({AUTH_TOKEN_HINT})", flush=True)
 
 
-def input_error_message(error: ValueError) -> str:
-    """The one line of a bad-input error; for one re-raised from a DataLoader worker ("Caught
-    ValueError in DataLoader worker process 0." + the worker's traceback), the worker's own message."""
-    lines = str(error).strip().splitlines()
-    if lines and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
-        raised = [line for line in lines if line.startswith(f"{type(error).__name__}: ")]
-        if raised:
-            return raised[-1].split(": ", 1)[1]
-    return lines[0] if lines else type(error).__name__
-
-
 def input_error_of(exc: BaseException) -> ValueError | None:
-    """The bad-input error (a ValueError naming file and row, e.g. a corrupt image) behind a failed run."""
+    """The bad-input error (a ValueError naming file and row) behind a failed run, if that is why it failed."""
     for failure in getattr(exc, "worker_failures", {}).values():
         # Ray Train wraps a worker's exception together with its traceback string
         cause = getattr(failure, "_base_exc", failure)
@@ -150,13 +139,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         if (cause := input_error_of(exc)) is not None:
-            print(f"error: {input_error_message(cause)}", file=sys.stderr)
+            from trainers.data.images import InputDataError
+
+            print(f"error: {InputDataError(str(cause)).reason}", file=sys.stderr)
             return 2
         print(f"error: training failed: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
         return 1
-    if result.return_value:  # the loop stopped on a non-finite loss
-        print(f"error: {result.return_value}", file=sys.stderr)
-        return 1
+    if result.return_value is not None:  # the loop stopped: bad input data (2) or a non-finite loss (1)
+        print(f"error: {result.return_value.message}", file=sys.stderr)
+        return 2 if result.return_value.kind == "bad_input" else 1
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float | str)}
     out = Path(storage) / cfg.name / "metrics.json" if "://" not in storage else Path("metrics.json")
     out.parent.mkdir(parents=True, exist_ok=True)

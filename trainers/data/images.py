@@ -4,12 +4,34 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+
+class InputDataError(ValueError):
+    """Input data that cannot be read, found while training or evaluating reads it (a corrupt image
+    body behind a good header, shards with too many unreadable samples): the same data would fail the
+    same way again, so a run stops at once and is never retried. The message names the file and row."""
+
+    @property
+    def reason(self) -> str:
+        """The one line naming file and row; for an error a DataLoader worker raised, torch re-raises it
+        as "Caught InputDataError in DataLoader worker process N." + the worker's traceback: its own line."""
+        lines = str(self).strip().splitlines()
+        if lines and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
+            # the traceback's last line: "trainers.data.images.InputDataError: <message>"
+            raised = [match[1] for line in lines if (match := _RAISED_LINE.match(line))]
+            if raised:
+                return raised[-1]
+        return lines[0] if lines else type(self).__name__
+
+
+_RAISED_LINE = re.compile(rf"^(?:[\w.]+\.)?{InputDataError.__name__}: (.*)$")
 
 
 def square_resize(image: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -36,12 +58,12 @@ def decode_image_bytes(payload: bytes, image_size: int) -> torch.Tensor:
 def load_image(path: Path, image_size: int, where: str) -> torch.Tensor:
     """`where` names the annotation that pointed here (file and row), for the error message."""
     if not path.is_file():
-        raise ValueError(f"{where}: image file {path} does not exist")
+        raise InputDataError(f"{where}: image file {path} does not exist")
     try:
         with Image.open(path) as image:
             return pil_to_uint8(image, image_size)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"{where}: cannot read image {path} ({exc})") from None
+        raise InputDataError(f"{where}: cannot read image {path} ({exc})") from None
 
 
 def check_image_file(path: Path, where: str, read_header: bool = True) -> None:

@@ -21,7 +21,14 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from trainers.config import DataConfig
 from trainers.data.augment import ImageAugmentation, eda_augment, mirror_caption, view_seed
-from trainers.data.images import check_image_file, decode_image_bytes, load_image, read_json_annotations, resolve
+from trainers.data.images import (
+    InputDataError,
+    check_image_file,
+    decode_image_bytes,
+    load_image,
+    read_json_annotations,
+    resolve,
+)
 from trainers.data.synthetic import world_split
 
 logger = logging.getLogger(__name__)
@@ -236,7 +243,7 @@ class WebDatasetPretrain(IterableDataset):
                 yield self._decode(sample)
             self._check_skipped()
             if self.num_read == read_before:
-                raise ValueError(f"{self._where_shards()}: Ray Train worker {self.rank}, loader worker {worker_id} "
+                raise InputDataError(f"{self._where_shards()}: Ray Train worker {self.rank}, loader worker {worker_id} "
                                  f"read no sample from its {len(self.urls) // (self.world_size * self.loader_workers)}"
                                  " shard(s)")
             if self.per_loader_worker is None:
@@ -280,8 +287,9 @@ class WebDatasetPretrain(IterableDataset):
 
     def _check_skipped(self) -> None:
         if self.num_read and self.num_corrupt / self.num_read > self.max_skipped_fraction:
-            raise ValueError(f"{self.last_skipped}: {self.num_corrupt} of {self.num_read} samples read were skipped "
-                             f"as unreadable, more than data.max_skipped_fraction = {self.max_skipped_fraction}")
+            raise InputDataError(f"{self.last_skipped}: {self.num_corrupt} of {self.num_read} samples read were "
+                                 "skipped as unreadable, more than data.max_skipped_fraction = "
+                                 f"{self.max_skipped_fraction}")
 
 
 # Above this many rows, only each image's presence is checked before training, not its header.
