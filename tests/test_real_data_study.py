@@ -317,6 +317,11 @@ def test_paper_clip_runs_end_to_end_on_real_format_data(corpus, tmp_path):
     assert any(row.get("train/dfs_loss", 0) > 0 and row.get("train/gc_loss", 0) > 0 for row in rows)
     report = (results / "report" / "report.html").read_text()
     assert "zeroshot/digits/top1" in report and "retrieval/mean_recall" in report
+    # every trial's embeddings sample reaches its directory (a reused trial actor stages elsewhere)
+    trials = sorted(results.glob("trials/trial_*"))
+    assert len(trials) == 2 and all((trial / "embeddings.npz").is_file() for trial in trials)
+    # the PCA section found both trials' samples (it is left out silently when one lacks its file)
+    assert "Embeddings: baseline and best regularized model (PCA)" in report or "No embedding PCA:" in report
 
     # the checkpoint evaluates again; asking only for a task without data is one line, exit 2
     checkpoint = next(results.glob("train/**/checkpoint_epoch_0000"), None) or next(
@@ -326,3 +331,66 @@ def test_paper_clip_runs_end_to_end_on_real_format_data(corpus, tmp_path):
                            text=True, timeout=300)
     assert asked.returncode == 2 and re.search(r"--tasks: no data for retrieval .*data\.annotations\.retrieval",
                                                asked.stderr), asked.stderr[-2000:]
+
+
+def write_pairs_table(corpus: dict[str, str], root: Path, corrupt_row: int | None = None) -> Path:
+    """A TSV of the corpus's photographs (as PNG) and captions; `corrupt_row`'s image keeps its header
+    (the pre-Ray check reads it) and loses its pixels, so only the worker that decodes it finds it."""
+    annotations = Path(corpus["retrieval"])
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["filepath\ttitle"]
+    for index, entry in enumerate(json.loads(annotations.read_text())["images"]):
+        image = root / f"{index:03d}.png"
+        Image.open(annotations.parent / entry["filepath"] / entry["filename"]).save(image)
+        if index == corrupt_row:
+            image.write_bytes(image.read_bytes()[:100])
+        lines.append(f"{image.name}\t{entry['sentences'][0]['raw']}")
+    table = root / "pairs.tsv"
+    table.write_text("\n".join(lines) + "\n")
+    return table
+
+
+@pytest.mark.slow
+def test_a_corrupt_training_image_fails_its_trial_once_and_the_study_goes_on(corpus, tmp_path):
+    """One arm trains on a TSV whose row 7 holds a corrupt image: that trial is failed with the row in its
+    reason, after one attempt (Ray Train may retry twice but is never asked), and the other arm finishes."""
+    good = write_pairs_table(corpus, tmp_path / "good")
+    bad = write_pairs_table(corpus, tmp_path / "bad", corrupt_row=5)
+    results = tmp_path / "results"
+    overrides = paper_clip_overrides(corpus, **{
+        "base.data.dataset": "csv", "base.data.path": str(good), "base.data.image_key": "filepath",
+        "base.data.caption_key": "title", "base.data.samples_per_epoch": "null",
+        "base.train": "{epochs: 1, batch_size: 8, warmup_steps: 1, max_failures: 2}",
+        "search.space": json.dumps({"data.path": {"type": "grid", "values": [str(good), str(bad)]}}),
+    })
+    proc = subprocess.run([sys.executable, "-m", "study.run", str(PAPER_CLIP), "--results", str(results),
+                           *overrides], cwd=REPO, env=study_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 trials, 1 failed" in proc.stdout
+    from analysis.loading import load
+
+    frame = load(results).set_index("data.path")
+    assert frame.loc[str(good), "status"] == "finished"
+    assert frame.loc[str(bad), "status"] == "failed"
+    reason = frame.loc[str(bad), "error"]
+    assert re.search(rf"{re.escape(str(bad))}:row 7: cannot read image .*005\.png", reason), reason
+    bad_trial = Path(frame.loc[str(bad), "trial_dir"])
+    assert (bad_trial / "bad_input.txt").read_text() in reason
+    # one attempt: Tune appends each failure to error.txt, and a retried worker group would log its retry
+    assert (bad_trial / "error.txt").read_text().count("005.png (") == 1
+    assert "[FailurePolicy] RETRY" not in proc.stdout + proc.stderr
+    train_run = results / "train" / bad_trial.name  # the Train run is named as the trial's directory
+    assert train_run.is_dir() and not list(train_run.glob("checkpoint_*"))
+
+
+@pytest.mark.parametrize("family", ["clip", "albef"])
+def test_a_webdataset_epoch_is_whole_batches_for_every_family(corpus, family):
+    """80 samples in batches of 12: 72 per epoch, so the scheduler's steps (len // batch) are all taken."""
+    from trainers.family import get_family
+
+    cfg = RunConfig.model_validate({
+        "model": {"family": family},
+        "data": {"dataset": "webdataset", "path": corpus["shards"], "num_loader_workers": 1, "image_size": 32},
+        "train": {"batch_size": 12},
+    })
+    assert len(get_family(family).build_train_dataset(cfg)) == 72

@@ -25,8 +25,10 @@ def build_module(cfg: RunConfig) -> AlbefPretraining:
 def build_train_dataset(cfg: RunConfig) -> torch.utils.data.Dataset:
     from trainers.data import build_pretrain_dataset
 
-    # The momentum encoders' features are the regularizers' views: no augmented copies needed.
-    return build_pretrain_dataset(cfg.data, "train", augment=False)
+    # The momentum encoders' features are the regularizers' views: no augmented copies needed. The batch
+    # size makes a WebDataset epoch whole batches on every worker, as the scheduler's step count assumes.
+    return build_pretrain_dataset(cfg.data, "train", augment=False, batch_size=cfg.train.batch_size,
+                                  train_seed=cfg.train.seed)
 
 
 def build_collate(cfg: RunConfig):
