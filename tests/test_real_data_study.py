@@ -157,6 +157,11 @@ def test_embedding_sample_of_an_image_only_probe_has_no_text():
                       test_labels=torch.arange(4), num_classes=4)
     sample = embedding_sample(*_encoders(), TaskSets(probes=[probe]))
     assert sample["image"].shape == (4, 4) and sample["text"].shape[0] == 0
+    # with a retrieval set beside it, the sample holds image-caption pairs: the plot is about both modalities
+    retrieval = RetrievalTask(images=images[:3], captions=["a", "bb", "ccc"], caption_to_image=torch.arange(3))
+    paired = embedding_sample(*_encoders(), TaskSets(probes=[probe], retrieval=retrieval))
+    assert paired["image"].shape == (3, 4) and paired["text"].shape == (3, 4)
+    assert paired["labels"].tolist() == [-1, -1, -1]
 
 
 def test_report_pca_needs_both_modalities(tmp_path):
@@ -320,8 +325,9 @@ def test_paper_clip_runs_end_to_end_on_real_format_data(corpus, tmp_path):
     # every trial's embeddings sample reaches its directory (a reused trial actor stages elsewhere)
     trials = sorted(results.glob("trials/trial_*"))
     assert len(trials) == 2 and all((trial / "embeddings.npz").is_file() for trial in trials)
-    # the PCA section found both trials' samples (it is left out silently when one lacks its file)
-    assert "Embeddings: baseline and best regularized model (PCA)" in report or "No embedding PCA:" in report
+    # the PCA section found both trials' samples (it is left out silently when one lacks its file), and
+    # they pair images with captions from the retrieval set although the zero-shot probe has no text
+    assert "Embeddings: baseline and best regularized model (PCA)" in report
 
     # the checkpoint evaluates again; asking only for a task without data is one line, exit 2
     checkpoint = next(results.glob("train/**/checkpoint_epoch_0000"), None) or next(

@@ -114,12 +114,13 @@ def embedding_sample(
     """Shared embeddings of the first n test pairs of the shared-class probe, for the PCA plot.
 
     Returns {"image": [n, D], "text": [n, D], "labels": [n]} (what the trainer saves as
-    embeddings.npz); "text" is [0, D] when the probe has no captions (an image-only data set).
-    Without such a probe (real data with only a retrieval set), the first n retrieval images and
-    each one's first caption, labelled -1 (no class); with neither, empty arrays.
+    embeddings.npz). When that probe has no captions (an image-only zero-shot set) and a retrieval
+    set exists, the first n retrieval images and each one's first caption, labelled -1 (no class),
+    since the plot is about where the two modalities lie; with only an image-only probe, "text" is
+    [0, D]; with neither, empty arrays.
     """
     probe = _shared_class_probe(tasks.probes)
-    if probe is not None:
+    if probe is not None and (len(probe.test_captions) > 0 or tasks.retrieval is None):
         sample_images, sample_captions, labels = probe.test_images[:n], list(probe.test_captions[:n]), \
             probe.test_labels[:n]
     elif tasks.retrieval is not None:
