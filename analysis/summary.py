@@ -113,13 +113,15 @@ def configuration_sentences(table: AblationTable, untestable: str | None = None)
     sentences = []
     for row in table.rows:
         cells = {metric: table.cells[(row, metric)] for metric in table.metrics if (row, metric) in table.cells}
-        compared = {metric: cell for metric, cell in cells.items() if cell.comparison is not None}
+        # a metric the baseline lacks (DFS's independent-feature probes) has no difference to state
+        compared = {metric: cell for metric, cell in cells.items()
+                    if cell.comparison is not None and math.isfinite(cell.comparison.delta)}
         if not compared:
             continue
         label = table.row_label(row)
-        if untestable:
+        if untestable:  # the reason is stated once, in the test-bed paragraph above the bullets
             deltas = ", ".join(f"{metric} Δ {cell.comparison.delta:+.3f}" for metric, cell in compared.items())
-            sentences.append(f"{label} vs. baseline — {untestable} ({deltas}).")
+            sentences.append(f"{label} vs. baseline — not testable (test-bed check failed; see above): {deltas}.")
             continue
         significant = {metric: cell for metric, cell in compared.items() if cell.comparison.significant}
         parts = [f"{_verdict(metric, cell.comparison)}: {_change(metric, cell)}"
