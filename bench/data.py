@@ -27,7 +27,7 @@ TARGET_SAMPLES_PER_S = 2000
 
 def generation_rate(data: DataConfig, count: int) -> float:
     start = time.perf_counter()
-    scenes = sample_scenes(data.world_seed, "train", 0, count, data.info_gap, data.image_size)
+    scenes = sample_scenes(data.world_seed, "train", 0, count, data.info_gap, data.image_size, data.distractors)
     render_scenes(scenes, data.image_size)
     scene_captions(scenes)
     return count / (time.perf_counter() - start)

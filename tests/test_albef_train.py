@@ -23,7 +23,7 @@ def tiny_config(**regularizers: float | str | bool) -> RunConfig:
                 family="albef", text_layers=2, fusion_layers=2, hidden_size=64, num_heads=4, patch_size=8,
                 vision_layers=2, embed_dim=32, queue_size=64,
             ),
-            "data": {"image_size": 32, "train_size": 320, "eval_size": 192},
+            "data": {"image_size": 32, "train_size": 320, "eval_size": 192, "distractors": 2},
             "train": {"batch_size": 16, "lr": 1e-3},
             "regularizers": regularizers,
             "eval": {"tasks": ["zeroshot", "retrieval", "linear_probe", "structure", "vqa", "nlvr", "ve"],

@@ -17,7 +17,6 @@ from trainers.data.world import (
     CAPTION_MENTION_PROBABILITY,
     COLOURS,
     MATERIALS,
-    MAX_DISTRACTORS,
     OWNERS,
     POSITIONS,
     SHAPES,
@@ -98,7 +97,14 @@ def test_world_has_enough_classes_and_every_shape_occurs():
     scenes = sample_scenes(0, "train", 0, 400, 0.5, 64)
     assert len(SHAPES) >= 6
     assert set(np.unique(scenes.label)) == set(range(len(SHAPES)))
-    assert set(np.unique(scenes.num_objects)) == set(range(1, MAX_DISTRACTORS + 2))
+    assert set(np.unique(scenes.num_objects)) == {1}  # no distractors by default
+    crowded = sample_scenes(0, "train", 0, 400, 0.5, 64, distractors=2)
+    assert set(np.unique(crowded.num_objects)) == {1, 2, 3}
+    # distractors are smaller than the main object, so "main" stays well defined
+    present = crowded.shape[:, :2] >= 0
+    assert (crowded.radius[:, :2][present] < np.repeat(crowded.radius[:, 2:], 2, axis=1)[present]).all()
+    with pytest.raises(ValueError, match="distractors"):
+        sample_scenes(0, "train", 0, 4, 0.5, 64, distractors=3)
 
 
 def test_cache_is_written_once_and_reused(tmp_path):

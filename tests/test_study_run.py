@@ -120,10 +120,10 @@ def test_optuna_study_end_to_end_with_a_file_uri(tmp_path: Path, start_study):
         assert epoch_rows(trial) == [0, 1], trial  # every epoch once, in order
         params = json.loads((trial / "params.json").read_text())
         if params["regularizers.gc"] > 0:  # the Optuna sample (loguniform from 0.01), not the baseline
-            finals[params["train.seed"]] = result_rows(trial)[-1]["zeroshot/synthetic_shapes/top1"]
+            finals[params["train.seed"]] = result_rows(trial)[-1]["val/zeroshot/synthetic_shapes/top1"]
     assert sorted(finals) == [0, 1]
 
-    # Optuna sees one configuration whose value is the mean over the two seeds.
+    # Optuna sees one configuration whose value is the mean over the two seeds, on validation data.
     with sqlite3.connect(results / "optuna.db") as db:
         rows = db.execute("SELECT t.state, v.value FROM trials t JOIN trial_values v USING (trial_id)").fetchall()
     assert len(rows) == 1 and rows[0][0] == "COMPLETE"

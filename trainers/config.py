@@ -55,6 +55,9 @@ class DataConfig(_Strict):
     # validation and test samples) -- for claims about the world, not one sample of it. False: every
     # seed trains on the same world and varies only initialisation, batch order and augmented views.
     world_seed_follows_train_seed: bool = False
+    # smaller objects beside the main one (0..2 per scene): none by default, so that shape is learnable in
+    # the CLIP studies' CPU budget; the fused tasks that count or compare objects (ALBEF) need them
+    distractors: int = Field(0, ge=0, le=2)
     cache_dir: str | None = None
     # real data (paths are checked to exist at validation time)
     path: str | None = None

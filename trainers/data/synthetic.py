@@ -25,10 +25,10 @@ class WorldSplit:
 
 def world_split(data: DataConfig, split: str, count: int) -> WorldSplit:
     """The first `count` samples of a split, rendered once and then read from the cache."""
-    scenes = sample_scenes(data.world_seed, split, 0, count, data.info_gap, data.image_size)
+    scenes = sample_scenes(data.world_seed, split, 0, count, data.info_gap, data.image_size, data.distractors)
     key = cache_key({
         "version": WORLD_VERSION, "seed": data.world_seed, "split": split, "count": count,
-        "info_gap": data.info_gap, "image_size": data.image_size,
+        "info_gap": data.info_gap, "image_size": data.image_size, "distractors": data.distractors,
     })
     folder = cache_root(data.cache_dir) / "synthetic"
     images_path, captions_path = folder / f"{key}.npy", folder / f"{key}.json"

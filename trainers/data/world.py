@@ -1,6 +1,6 @@
 """The synthetic image-caption world with an information gap (docs/regularizers.md, Theorem 3.1).
 
-A scene holds the *main* object (the largest, drawn last) and up to MAX_DISTRACTORS smaller ones;
+A scene holds the *main* object (the largest, drawn last) and up to `distractors` smaller ones;
 the main object's shape is the shared label and the zero-shot class. The world is built so that
 contrastive training needs the shape: captions always name it and state colour, size and position
 only sometimes, and the objects are large enough, and the pixels clean enough, for a small CNN to
@@ -49,7 +49,9 @@ MATERIALS = ("wood", "metal", "plastic", "glass", "paper")
 COUNT_WORDS = ("one", "two", "three")
 
 MAX_OBJECTS = 3  # object slots per scene (the arrays' width)
-MAX_DISTRACTORS = 0  # distractors drawn per scene (< MAX_OBJECTS); measured: one costs the shape probe ~0.1
+# Distractors per scene by default (`data.distractors`, at most MAX_OBJECTS - 1). None: one costs the
+# shape probe ~0.1 in the CLIP studies' budget; the fused tasks that count objects need them.
+DEFAULT_DISTRACTORS = 0
 # What each split is for: "train" pre-trains; "task_train" trains the downstream probes and heads;
 # "validation" scores them for selecting hyperparameters; "test" scores them for reporting. The ids
 # seed the samples, so existing splits keep their samples when one is added.
@@ -132,10 +134,13 @@ def _sample_seed(world_seed: int, split: str, index: int, stream: int) -> np.ran
 
 
 def sample_scenes(world_seed: int, split: str, start: int, count: int, info_gap: float,
-                  image_size: int) -> Scenes:
-    """Draw scenes start..start+count of a split; each from its own (seed, split, index) stream."""
+                  image_size: int, distractors: int = DEFAULT_DISTRACTORS) -> Scenes:
+    """Draw scenes start..start+count of a split; each from its own (seed, split, index) stream, with
+    0..`distractors` smaller objects beside the main one."""
     if split not in SPLIT_IDS:
         raise ValueError(f"split: unknown split {split!r} (expected one of {sorted(SPLIT_IDS)})")
+    if not 0 <= distractors < MAX_OBJECTS:
+        raise ValueError(f"distractors: must be between 0 and {MAX_OBJECTS - 1}, got {distractors}")
     # one uniform vector per sample, mapped to attributes below in a vectorized way
     draws = np.stack([
         np.random.Generator(np.random.PCG64(_sample_seed(world_seed, split, i, 0))).random(40)
@@ -145,16 +150,17 @@ def sample_scenes(world_seed: int, split: str, start: int, count: int, info_gap:
         _sample_seed(world_seed, split, i, 1).generate_state(2, dtype=np.uint64)
         for i in range(start, start + count)
     ]) if count else np.zeros((0, 2), dtype=np.uint64)
-    return _scenes_from_draws(draws, seeds, info_gap, image_size)
+    return _scenes_from_draws(draws, seeds, info_gap, image_size, distractors)
 
 
 def _pick(u: np.ndarray, n: int) -> np.ndarray:
     return np.minimum((u * n).astype(np.int64), n - 1)
 
 
-def _scenes_from_draws(d: np.ndarray, seeds: np.ndarray, info_gap: float, image_size: int) -> Scenes:
+def _scenes_from_draws(d: np.ndarray, seeds: np.ndarray, info_gap: float, image_size: int,
+                       distractors: int) -> Scenes:
     n, s = len(d), float(image_size)
-    num_distractors = _pick(d[:, 0], MAX_DISTRACTORS + 1)
+    num_distractors = _pick(d[:, 0], distractors + 1)
     shape = _pick(d[:, 1:4], len(SHAPES))
     colour = _pick(d[:, 4:7], len(COLOURS))
     size = _pick(d[:, 7], len(SIZES))
