@@ -83,15 +83,20 @@ def resolve(path: str, root: str | Path | None) -> Path:
     return candidate if candidate.is_absolute() or root is None else Path(root) / candidate
 
 
+def read_json_file(path: Path) -> object:
+    """The parsed JSON document at `path`; a syntax error is one line naming the file and line."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
 def read_json_annotations(path: str | Path, required: tuple[str, ...], limit: int | None = None) -> list[dict]:
     """A JSON list of annotation dicts, each with the `required` keys; errors name file and entry."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such annotation file")
-    try:
-        entries = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    entries = read_json_file(path)
     if not isinstance(entries, list):
         raise ValueError(f"{path}: expected a JSON list of annotations")
     for row, entry in enumerate(entries):

@@ -6,7 +6,6 @@ Items are dicts {"image": uint8 (3, H, W), "caption": str, "index": int}, plus "
 
 from __future__ import annotations
 
-import json
 import logging
 import tarfile
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from trainers.data.images import (
     decode_image_bytes,
     load_image,
     read_json_annotations,
+    read_json_file,
     resolve,
 )
 from trainers.data.synthetic import world_split
@@ -140,10 +140,7 @@ def known_sample_count(urls: list[str]) -> int | None:
     sizes_file = Path(folders.pop()) / "sizes.json"
     if not sizes_file.is_file():
         return None
-    try:
-        sizes = json.loads(sizes_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{sizes_file}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    sizes = read_json_file(sizes_file)
     if not isinstance(sizes, dict):
         raise ValueError(f"{sizes_file}: expected a JSON object {{shard file name: sample count}}")
     names = [Path(url).name for url in urls]

@@ -36,7 +36,7 @@ from PIL import Image
 from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
 
 from trainers.config import DataConfig
-from trainers.data.images import load_image, pil_to_uint8, read_json_annotations, resolve
+from trainers.data.images import load_image, pil_to_uint8, read_json_annotations, read_json_file, resolve
 from trainers.data.tasks import (
     VE_LABELS,
     NLVRSplit,
@@ -351,10 +351,7 @@ def read_retrieval_entries(path: str | Path) -> list[dict]:
     ({"images": [{"filepath"?, "filename", "split", "sentences": [{"raw"}]}]})."""
     path = Path(path)
     if path.is_file():
-        try:
-            document = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        document = read_json_file(path)
         if isinstance(document, dict) and "images" in document:
             entries = []
             for row, image in enumerate(document["images"]):
