@@ -427,11 +427,6 @@ def _metric_problems(spec: StudySpec) -> list[str]:
     return [f"search.metric: {problem}"] if problem else []
 
 
-# Real zero-shot sets whose loader has a training split: only their linear probes have validation data
-# (trainers/data/real_tasks.py; the others train their probe on the validation half).
-_REAL_SETS_WITH_PROBE_TRAINING = ("cifar10", "cifar100")
-
-
 def _validation_counterpart_problem(base: RunConfig, metric: str, task: str) -> str | None:
     """Why evaluation would not report val/<metric> for this configuration, or None when it will."""
     data = base.data
@@ -441,9 +436,11 @@ def _validation_counterpart_problem(base: RunConfig, metric: str, task: str) -> 
         sets, probe_targets = list(ZEROSHOT_SETS), [name for name, *_ in PROBES]
         first_probe_target = next(name for name, _, kind, _ in PROBES if kind == "shared")
     else:
-        kinds = {_real_set_name(entry): entry.partition(":")[0] for entry in data.zeroshot}
+        from trainers.data.real_tasks import KINDS_WITH_TRAINING_SPLIT, zeroshot_set_name
+
+        kinds = {zeroshot_set_name(entry): entry.partition(":")[0] for entry in data.zeroshot}
         sets = list(kinds)
-        probe_targets = [name for name, kind in kinds.items() if kind in _REAL_SETS_WITH_PROBE_TRAINING]
+        probe_targets = [name for name, kind in kinds.items() if kind in KINDS_WITH_TRAINING_SPLIT]
         first_probe_target = next(iter(kinds), None)
     part = metric.split("/")
     if task == "zeroshot" and part[1] not in sets:
@@ -460,14 +457,6 @@ def _validation_counterpart_problem(base: RunConfig, metric: str, task: str) -> 
         if task in ("retrieval", "structure") and "retrieval" not in data.annotations:
             return f"{metric} needs base.data.annotations.retrieval (its validation part is selected on)"
     return None
-
-
-def _real_set_name(entry: str) -> str:
-    """The name a real zero-shot entry's metrics carry (trainers/data/real_tasks.load_zeroshot_entry)."""
-    kind, _, location = entry.partition(":")
-    if kind == "folder":
-        return Path(location.partition("::")[0]).name
-    return kind
 
 
 def _method_problems(search: SearchConfig) -> list[str]:

@@ -210,30 +210,46 @@ def _probe(name: str, train: _LabelledImages, scored: _LabelledImages, num_class
                      test_labels=scored.labels, num_classes=num_classes)
 
 
+# Zero-shot kinds whose data set has a training split: their linear probe trains on it, so both halves of
+# the evaluation set are scored (the others train their probe on the validation half).
+KINDS_WITH_TRAINING_SPLIT = ("cifar10", "cifar100")
+
+
+def zeroshot_set_name(entry: str) -> str:
+    """The name a data.zeroshot entry's metrics carry (zeroshot/<name>/top1): its kind, or a folder set's folder."""
+    kind, _, location = entry.partition(":")
+    return Path(location.partition("::")[0]).name if kind == "folder" else kind
+
+
+def _folder_entry(location: str, where: str) -> tuple[str, str]:
+    """(image root, class-names file) of a `folder:/images::/classnames.txt` entry."""
+    root, _, names_file = location.partition("::")
+    if not names_file:
+        raise ValueError(f"{where}: expected folder:/images::/classnames.txt")
+    return root, names_file
+
+
 def load_zeroshot_entry(entry: str, data: DataConfig, where: str = "data.zeroshot") -> ZeroShotSet:
     """One DataConfig.zeroshot entry -> its zero-shot set (test and validation halves) and linear probes."""
     kind, _, location = entry.partition(":")
-    where = f"{where}: {entry}"
-    if kind in ("cifar10", "cifar100"):
+    name, where = zeroshot_set_name(entry), f"{where}: {entry}"
+    if kind in KINDS_WITH_TRAINING_SPLIT:
         evaluation = _cifar_dataset(kind, location, False, where)
         classes = _cifar_classnames(kind, list(evaluation.classes), where)
         templates = cifar_metadata(kind)[1]
         images = _cifar_part(evaluation, data.eval_limit, data.image_size)
         probe_train = _cifar_part(_cifar_dataset(kind, location, True, where), data.probe_train_size,
                                   data.image_size)
-        name = kind
     elif kind in ("imagenet", "folder"):
         if kind == "imagenet":
             root, templates = location, _templates(OPENAI_IMAGENET_TEMPLATES)
             folder_to_class = match_class_folders(root, imagenet_synsets(), where, "ImageNet-1k's synset ids")
-            classes, name = list(IMAGENET_CLASSNAMES), "imagenet"
+            classes = list(IMAGENET_CLASSNAMES)
         else:
-            root, _, names_file = location.partition("::")
-            if not names_file:
-                raise ValueError(f"{where}: expected folder:/images::/classnames.txt")
+            root, names_file = _folder_entry(location, where)
             names = read_classnames(names_file, where)
             folder_to_class = match_class_folders(root, list(names), where, f"the class names in {names_file}")
-            classes, templates, name = list(names.values()), _templates(SIMPLE_IMAGENET_TEMPLATES), Path(root).name
+            classes, templates = list(names.values()), _templates(SIMPLE_IMAGENET_TEMPLATES)
         images = _folder_part(root, folder_to_class, data, where)
         probe_train = None
     else:
@@ -254,7 +270,7 @@ def check_zeroshot_entry(entry: str, where: str) -> None:
     """Before Ray starts, without decoding images: the set's files are there and its classes match by name."""
     kind, _, location = entry.partition(":")
     where = f"{where}: {entry}"
-    if kind in ("cifar10", "cifar100"):
+    if kind in KINDS_WITH_TRAINING_SPLIT:
         evaluation = _cifar_dataset(kind, location, False, where)
         _cifar_classnames(kind, list(evaluation.classes), where)
         cls = type(evaluation)
@@ -264,9 +280,7 @@ def check_zeroshot_entry(entry: str, where: str) -> None:
     elif kind == "imagenet":
         match_class_folders(location, imagenet_synsets(), where, "ImageNet-1k's synset ids")
     elif kind == "folder":
-        root, _, names_file = location.partition("::")
-        if not names_file:
-            raise ValueError(f"{where}: expected folder:/images::/classnames.txt")
+        root, names_file = _folder_entry(location, where)
         match_class_folders(root, list(read_classnames(names_file, where)), where,
                             f"the class names in {names_file}")
     else:
