@@ -205,7 +205,9 @@ def _ve_hypothesis(rng: np.random.Generator, scenes: Scenes, i: int, label: int)
         present = _objects(scenes, i)
         colour, shape = sorted(present)[rng.integers(len(present))] if label == 0 else _absent_object(rng, present)
         return VE_HYPOTHESES[0].format(colour=COLOURS[colour], shape=SHAPES[shape])
-    count = scenes.num_objects[i] - 1 if label == 0 else (scenes.num_objects[i] + rng.integers(1, 3)) % 3
+    true_count = int(scenes.num_objects[i]) - 1  # an index into COUNT_WORDS
+    # a contradiction shifts the true index by 1 .. len - 1 (mod len): never back onto the true count
+    count = true_count if label == 0 else (true_count + int(rng.integers(1, len(COUNT_WORDS)))) % len(COUNT_WORDS)
     return VE_HYPOTHESES[1].format(count=COUNT_WORDS[count])
 
 
