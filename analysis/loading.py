@@ -2,7 +2,8 @@
 
 A trial is finished (all epochs reported; an error.txt then records failures it recovered from),
 failed (error.txt, epochs missing), stopped early
-(fewer epochs, no error: e.g. ASHA), or incomplete (a directory with no results yet). Trials the
+(fewer epochs, no error, under ASHA), or incomplete (no results yet, or fewer epochs without a scheduler
+that stops trials: an interrupted or still running study). Trials the
 study expected but whose directory does not exist are *missing*; `missing_trials` lists them.
 """
 
@@ -179,9 +180,12 @@ def read_trial(study: Study, trial_dir: Path) -> dict[str, Any]:
         status, reason = "incomplete", "no results reported"
     elif epochs >= study.base.train.epochs:
         status = "finished"
-    else:
+    elif study.search.scheduler.get("type") == "asha":
         status = "stopped_early"
         reason = f"stopped after {epochs} of {study.base.train.epochs} epochs"
+    else:  # nothing stops a trial early without a scheduler: the study was interrupted (or is still running)
+        status = "incomplete"
+        reason = f"{epochs} of {study.base.train.epochs} epochs so far (--resume continues it)"
     resolved = trial_config(study, params)
     record: dict[str, Any] = {
         "trial_id": next((row["trial_id"] for row in rows if "trial_id" in row), trial_dir.name),

@@ -93,12 +93,32 @@ def metric_vs_weight(trials: pd.DataFrame, weight_key: str, metrics: list[str]) 
             color = palette[context]
             ax.axhline(mean, color=color, linestyle="--", label=f"baseline (weight 0) {context}".strip())
             ax.axhspan(mean - half_width, mean + half_width, color=color, alpha=0.15)
+        _tick_at_sampled(ax, sorted(data.loc[data[weight_key] > 0, weight_key].unique()))
         ax.set_xlabel(f"{weight_label(weight_key)} (log scale)")
         ax.set_ylabel(metric)
     axes[0].legend(fontsize="small")
     figure.suptitle(f"Metrics against {weight_label(weight_key)} (mean, 95% CI over seeds)")
     figure.tight_layout()
     return figure
+
+
+MAX_SAMPLED_TICKS = 8
+
+
+def _tick_at_sampled(ax: plt.Axes, weights: list[float]) -> None:
+    """Ticks at the weights the study ran (when few enough to read), written as numbers, not powers of ten."""
+    from matplotlib.ticker import FuncFormatter, NullLocator
+
+    if 0 < len(weights) <= MAX_SAMPLED_TICKS:
+        ax.set_xticks(weights)
+        ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
+
+
+def sampled_weights(trials: pd.DataFrame, weight_key: str) -> list[float]:
+    """The distinct non-zero weights of `weight_key` among the finished trials."""
+    finished = _finished(trials)
+    return sorted(float(w) for w in finished[weight_key].dropna().unique() if w > 0) if weight_key in finished else []
 
 
 def combination_bars(trials: pd.DataFrame, metric: str) -> plt.Figure:
@@ -116,15 +136,22 @@ def combination_bars(trials: pd.DataFrame, metric: str) -> plt.Figure:
     return figure
 
 
-def learning_curves(history: pd.DataFrame, metric: str) -> plt.Figure:
-    """`metric` per epoch for each configuration (mean and 95% CI over seeds)."""
+def learning_curves(history: pd.DataFrame, metric: str, order: list[str] | None = None) -> plt.Figure:
+    """`metric` per epoch (1-based: a trial reports once per epoch) for each configuration, mean and 95% CI
+    over seeds; the legend in `order` (configuration_order: baseline first, then by weight)."""
+    from matplotlib.ticker import MaxNLocator
+
     data = history[history["metric"] == metric]
+    present_configs = set(data["config"])
+    hue_order = [c for c in (order or configuration_order_of(data)) if c in present_configs]
     figure, ax = plt.subplots(figsize=(6.0, 3.8))
-    sns.lineplot(data=data, x="epoch", y="value", hue="config", hue_order=configuration_order_of(data),
+    sns.lineplot(data=data, x="training_iteration", y="value", hue="config", hue_order=hue_order,
                  errorbar=("ci", 95), marker="o", ax=ax)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(f"Learning curves: {metric}")
+    ax.legend(title="configuration", fontsize="small")
     figure.tight_layout()
     return figure
 
@@ -167,7 +194,12 @@ def optuna_parallel_coordinates(study: optuna.Study) -> plt.Figure:
     with warnings.catch_warnings(), matplotlib.rc_context():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         ax = optuna.visualization.matplotlib.plot_parallel_coordinate(study)
-    ax.figure.set_size_inches(7.0, 4.0)
+    # Optuna colours lines with "Blues", whose low end is white on white: recolour with a full-range map
+    for collection in ax.collections:
+        if collection.get_array() is not None:
+            collection.set_cmap("viridis")
+    ax.figure.set_size_inches(8.0, 4.2)
+    ax.figure.subplots_adjust(left=0.12, right=0.88, bottom=0.18)  # room for the axis names Optuna draws
     return ax.figure
 
 

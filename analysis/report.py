@@ -17,9 +17,9 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from analysis import plots
+from analysis import plots, provenance
 from analysis.checks import BedCheck, checks_frame, not_testable, probe_check
-from analysis.configs import REGULARIZER_KEYS
+from analysis.configs import REGULARIZER_KEYS, configuration_order
 from analysis.files import write_atomic
 from analysis.info_gap import InfoGapAnalysis, analyse_info_gap, is_info_gap_study
 from analysis.loading import Study, expected_trial_count, history_of, load, missing_trials
@@ -34,13 +34,10 @@ from analysis.metrics import (
 )
 from analysis.stats import ALPHA
 from analysis.summary import (
-    Selection,
-    configuration_sentences,
-    primary_comparison,
-    primary_sentence,
-    select_configuration,
-    selection_sentence,
+    Answer,
+    significance_frame,
     status_sentence,
+    study_answer,
 )
 from analysis.tables import PAPER_TABLES, AblationTable, ablation_table, paper_table, reference_table
 from trainers.config import ConfigError
@@ -65,6 +62,8 @@ class FigureBlock:
 @dataclass
 class Section:
     title: str
+    callout: list[str] = field(default_factory=list)  # the answer, in a box before everything else
+    lead: bool = False  # figures and tables before the prose (the summary: answer first, method last)
     paragraphs: list[str] = field(default_factory=list)
     bullets: list[str] = field(default_factory=list)
     tables: list[TableBlock] = field(default_factory=list)
@@ -110,48 +109,68 @@ def _frame_markdown(frame: pd.DataFrame) -> str:
 # --------------------------------------------------------------------------- sections
 
 
-def _overview(study: Study, trials: pd.DataFrame, downstream: AblationTable, structure: AblationTable,
-              missing: list[str], selection: Selection, checks: list[BedCheck],
-              preregistered: InfoGapAnalysis | None = None) -> Section:
+def _overview(writer: ReportWriter, study: Study, trials: pd.DataFrame, tables: list[AblationTable],
+              missing: list[str], answer: Answer, checks: list[BedCheck], interrupted: str | None) -> Section:
+    """The answer first (call-out, summary figure, significance table), then how it was reached."""
     search, base = study.search, study.base
-    section = Section("Summary")
-    section.paragraphs.append(
-        f"Study “{study.name}”. Primary metric: {search.metric} ({search.mode}), named by the study's "
-        f"search.metric. Configurations are selected on {validation_name(search.metric)} (mean over seeds, "
-        f"validation data); every table reports the test split, with the selected configuration marked.")
+    section = Section("Summary", lead=True)
+    expected = expected_trial_count(study)
+    if _is_partial(study, trials, interrupted):
+        finished = int((trials["status"] == "finished").sum())
+        section.callout.append(
+            f"Partial report — {interrupted}" if interrupted else
+            f"Partial report: {finished} of {expected} expected trials finished, {_failed(trials)} failed; the "
+            f"others have not finished (`python -m study.run STUDY --results DIR --resume` continues the study).")
+    section.callout += [
+        *([f"Best configuration: {answer.selection.config} — {answer.values_text()} (selected on "
+           f"{answer.selection.by_metric}, mean over {answer.selection.seeds} seed(s))."]
+          if answer.selection.config is not None else []),
+        *([f"{answer.metric_text()}."] if answer.selection.config is not None else []),
+        f"Verdict: {answer.verdict[:1].upper()}{answer.verdict[1:]}",
+    ]
+    if answer.selection.note:
+        section.callout.append(f"Note: {answer.selection.note}.")
+    finished_trials = trials[trials["status"] == "finished"]
+    if search.metric in finished_trials and finished_trials["config"].nunique() > 1:
+        writer.figure(section, f"{search.metric} per configuration",
+                      plots.combination_bars(finished_trials, search.metric), "combinations")
+    untestable = not_testable(checks)
+    significance = significance_frame(tables, untestable)
+    if not significance.empty:
+        writer.frame(section, "Each configuration against the baseline (Holm-corrected within each table)",
+                     significance, "significance")
+    elif len(answer.values) or len(finished_trials):
+        section.paragraphs.append("No configuration could be compared with a baseline (no finished baseline "
+                                  "trials in the same context), so no effect is claimed.")
+    section.paragraphs.append(status_sentence(trials, missing, expected))
+    if checks:
+        section.paragraphs.append(
+            f"Test-bed checks: {untestable}; so no conclusion is drawn." if untestable else
+            "Test-bed checks: passed (" + "; ".join(check.describe() for check in checks) + ").")
     inmodal = ("on (they halve the contrastive term, doubling every weight relative to it)"
                if base.regularizers.inmodal else "off")
     section.paragraphs.append(
-        f"{search.method} search over {', '.join(search.space) or 'no parameters'} with seeds {search.seeds}. "
-        f"Regularizer weights are shown with the batch size they were used at ({base.train.batch_size} unless "
-        f"searched): L_GC sums N² pairs over N, so the same GC weight is stronger at a larger batch; in-modal "
-        f"terms are {inmodal}.")
-    section.paragraphs.append(
-        f"Statistics: each configuration is compared with the baseline (all regularizer weights 0) of the same "
-        f"context on the same seeds by an exact sign-flip permutation test of the paired differences; Holm's "
-        f"correction runs within each family (the primary comparison alone; each table); “helped” or “hurt” "
-        f"needs a corrected p < {ALPHA}. Each verdict gives the corrected p, the family size m, n and d_z (mean / "
-        f"SD of the paired differences) with its 95% noncentral-t interval; a comparison whose smallest "
-        f"attainable p cannot pass is “not testable at n = k”.")
-    untestable = not_testable(checks)
-    if checks:
-        section.paragraphs.append(
-            f"Test-bed checks: {untestable}; so no conclusion is drawn below." if untestable else
-            "Test-bed checks: passed (" + "; ".join(check.describe() for check in checks) + ").")
-    section.paragraphs.append(status_sentence(trials, missing, expected_trial_count(study)))
-    if preregistered is not None:
-        # the study file's own primary comparison replaces "the selected configuration vs the baseline"
-        section.paragraphs.append(f"Primary result — {preregistered.verdict}")
-    section.paragraphs.append(selection_sentence(selection, base.train.batch_size))
-    if preregistered is None:
-        section.paragraphs.append(primary_sentence(
-            primary_comparison(trials, selection, search.metric, search.mode), selection, search.metric, untestable))
-    section.bullets = configuration_sentences(downstream, untestable)
-    section.bullets += [f"Latent structure: {sentence}" for sentence in configuration_sentences(structure, untestable)]
-    if not section.bullets:
-        section.paragraphs.append("No configuration could be compared with a baseline (no finished baseline "
-                                  "trials in the same context), so no effect is claimed.")
+        f"How: study “{study.name}”, {search.method} search over {', '.join(search.space) or 'no parameters'} "
+        f"with seeds {search.seeds}; primary metric {search.metric} ({search.mode}). Configurations are selected "
+        f"on {validation_name(search.metric)} (mean over seeds, validation data) and reported on the test split. "
+        f"Weights are shown with the batch size they were used at ({base.train.batch_size} unless searched): "
+        f"L_GC sums N² pairs over N, so the same GC weight is stronger at a larger batch; in-modal terms are "
+        f"{inmodal}. Each configuration is compared with the baseline of its context on the same seeds by an "
+        f"exact sign-flip test of the paired differences, Holm-corrected within each family (the primary "
+        f"comparison alone; each table); “helped” or “hurt” needs a corrected p < {ALPHA}; d_z is given with "
+        f"its 95% noncentral-t interval; a comparison whose smallest attainable p cannot pass is “not testable”.")
     return section
+
+
+def _is_partial(study: Study, trials: pd.DataFrame, interrupted: str | None) -> bool:
+    """Interrupted, or fewer finished trials than the study expects (a report built mid-study)."""
+    expected = expected_trial_count(study)
+    finished = int((trials["status"] == "finished").sum()) if not trials.empty else 0
+    return interrupted is not None or (expected is not None and finished + _failed(trials) < expected)
+
+
+def _failed(trials: pd.DataFrame) -> int:
+    return int((trials["status"] == "failed").sum()) if not trials.empty else 0
 
 
 def study_checks(study: Study, trials: pd.DataFrame) -> list[BedCheck]:
@@ -183,12 +202,16 @@ def _trials_section(trials: pd.DataFrame, missing: list[str]) -> Section:
         section.paragraphs.append("Every expected trial finished.")
     finished = trials[trials["status"] == "finished"]
     if not finished.empty:
-        columns = ["config", "seed", "status", "epochs_completed", "time_total_s", "resources.num_workers",
-                   "resources.cpus_per_worker", "resources.use_gpu"]
+        columns = ["config", "seed", "trial_id", "status", "epochs_completed", "time_total_s",
+                   "resources.num_workers", "resources.cpus_per_worker", "resources.use_gpu"]
         section.paragraphs.append(f"Wall time of finished trials: {finished['time_total_s'].sum():.0f} s in total, "
-                                  f"{finished['time_total_s'].median():.0f} s median per trial.")
-        section.tables.append(TableBlock("All trials", _frame_markdown(trials[columns].set_index("config")),
-                                         trials[columns].to_html(index=False, na_rep="–")))
+                                  f"{finished['time_total_s'].median():.0f} s median per trial. Each trial's files "
+                                  f"are in trials/trial_<trial_id>/.")
+        shown = trials[columns].rename(columns={"time_total_s": "time (s)", "epochs_completed": "epochs"})
+        shown["time (s)"] = shown["time (s)"].map(lambda seconds: "–" if pd.isna(seconds) else f"{seconds:.0f}")
+        shown.columns = [column.removeprefix("resources.") for column in shown.columns]
+        section.tables.append(TableBlock("All trials", _frame_markdown(shown.set_index("config")),
+                                         shown.to_html(index=False, na_rep="–")))
     return section
 
 
@@ -216,13 +239,20 @@ def _weight_figures(writer: ReportWriter, section: Section, trials: pd.DataFrame
     downstream = downstream_metrics(finished.columns, study.search.metric)[:4]
     structure = present(STRUCTURE_METRICS, finished.columns)
     for key in REGULARIZER_KEYS:
-        if key not in study.search.space or not (finished[key] > 0).any():
+        if key not in study.search.searched_keys:
+            continue
+        weights = plots.sampled_weights(finished, key)
+        label = plots.weight_label(key)
+        if len(weights) < 2:  # a curve needs two weights; one weight is a bar in the summary's figure
+            if weights:
+                section.paragraphs.append(f"No figure against the {label}: the study ran one non-zero weight "
+                                          f"({weights[0]:.3g}), shown in the summary's per-configuration figure.")
             continue
         name = key.split(".")[-1]
-        writer.figure(section, f"Downstream metrics against {plots.weight_label(key)}",
+        writer.figure(section, f"Downstream metrics against {label}",
                       plots.metric_vs_weight(finished, key, list(dict.fromkeys(downstream))), f"{name}_downstream")
         if structure:
-            writer.figure(section, f"Latent-structure diagnostics against {plots.weight_label(key)}",
+            writer.figure(section, f"Latent-structure diagnostics against {label}",
                           plots.metric_vs_weight(finished, key, structure), f"{name}_structure")
 
 
@@ -233,14 +263,16 @@ def _figures_section(writer: ReportWriter, study: Study, trials: pd.DataFrame) -
         section.paragraphs.append("No finished trials yet: nothing to plot.")
         return section
     _weight_figures(writer, section, trials, study)
-    if study.search.metric in finished:
-        writer.figure(section, f"{study.search.metric} per configuration",
-                      plots.combination_bars(finished, study.search.metric), "combinations")
     history = history_of(trials)
-    for metric in dict.fromkeys([study.search.metric, "train/loss"]):
-        if (history["metric"] == metric).any():
-            writer.figure(section, f"Learning curves: {metric}", plots.learning_curves(history, metric),
-                          f"curves_{metric.replace('/', '_')}")
+    epochs = int(history["training_iteration"].max()) if not history.empty else 0
+    if epochs < 2:
+        section.paragraphs.append(f"No learning curves: the trials reported {epochs} epoch(s); a curve needs two.")
+    else:
+        order = configuration_order(finished)
+        for metric in dict.fromkeys([study.search.metric, "train/loss"]):
+            if (history["metric"] == metric).any():
+                writer.figure(section, f"Learning curves: {metric}", plots.learning_curves(history, metric, order),
+                              f"curves_{metric.replace('/', '_')}")
     _pca_figure(writer, section, study, finished)
     return section
 
@@ -274,6 +306,8 @@ def _optuna_section(writer: ReportWriter, study: Study) -> Section | None:
         return None
     import optuna
 
+    from study.search import BASELINE_ATTR
+
     section = Section("Optuna search")
     try:
         optuna_study = plots.load_optuna_study(study.optuna_db, study.name)
@@ -281,12 +315,24 @@ def _optuna_section(writer: ReportWriter, study: Study) -> Section | None:
         section.paragraphs.append(f"{study.optuna_db} holds no study named {study.name!r}.")
         return section
     complete = optuna_study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    section.paragraphs.append(f"{len(complete)} completed Optuna trials; objective = "
-                              f"{validation_name(study.search.metric)} averaged over seeds ({study.search.mode}).")
-    if not complete:
+    searched = [trial for trial in complete if BASELINE_ATTR not in trial.user_attrs]
+    section.paragraphs.append(
+        f"{len(searched)} completed Optuna trials" + (" and the baseline" if len(searched) < len(complete) else "")
+        + f"; objective = {validation_name(study.search.metric)} averaged over seeds ({study.search.mode}). "
+        f"Browse them with `optuna-dashboard sqlite:///{study.optuna_db.resolve()}`.")
+    if len(complete) < 2:
+        section.paragraphs.append("No optimization history: it needs two completed trials.")
         return section
     writer.figure(section, "Optimization history", plots.optuna_history(optuna_study), "optuna_history")
-    if len(complete) >= 2 and any(len({t.params.get(k) for t in complete}) > 1 for k in complete[0].params):
+    params = sorted({key for trial in searched for key in trial.params})
+    varied = [key for key in params if len({trial.params.get(key) for trial in searched}) > 1]
+    if len(searched) < 2 or not varied:
+        section.paragraphs.append("No parameter importances or parallel coordinates: fewer than two searched "
+                                  "configurations differ.")
+    elif len(params) < 2:
+        section.paragraphs.append(f"No parameter importances: the search has one parameter ({params[0]}), whose "
+                                  "importance is 1 by definition; the figures against its weight show its effect.")
+    else:
         writer.figure(section, "Parameter importances", plots.optuna_importances(optuna_study), "optuna_importances")
         writer.figure(section, "Parallel coordinates", plots.optuna_parallel_coordinates(optuna_study),
                       "optuna_parallel")
@@ -318,34 +364,55 @@ def _info_gap_section(writer: ReportWriter, trials: pd.DataFrame, analysis: Info
     return section
 
 
-def build_sections(study: Study, trials: pd.DataFrame, writer: ReportWriter) -> list[Section]:
+def _provenance_section(study: Study) -> Section:
+    """Every start of the study (command, date, commit, packages, machine) and this report's own build."""
+    section = Section("Provenance")
+    runs = provenance.read_runs(study.results_dir)
+    built = provenance.current(provenance.report_command())
+    for index, run in enumerate(runs):
+        what = "study started" if index == 0 else "study resumed"
+        section.bullets.append(f"{what} {run.get('date', '?')}: `{run.get('command', '?')}` — git commit "
+                               f"{run.get('git_commit', '?')}; {run.get('machine', '?')}; "
+                               + ", ".join(f"{k} {v}" for k, v in run.get("packages", {}).items()))
+    if not runs:
+        section.bullets.append(f"no {provenance.PROVENANCE_FILE} in {study.results_dir}: how the study was run "
+                               "is not recorded")
+    section.bullets.append(f"report built {built['date']}: `{built['command']}` — git commit {built['git_commit']}; "
+                           f"{built['machine']}; " + ", ".join(f"{k} {v}" for k, v in built["packages"].items()))
+    return section
+
+
+def build_sections(study: Study, trials: pd.DataFrame, writer: ReportWriter,
+                   interrupted: str | None = None) -> list[Section]:
     missing = missing_trials(study, trials)
     search = study.search
-    selection = select_configuration(trials, search.metric, search.mode)
-    rank_metric = validation_name(search.metric) if validation_name(search.metric) in trials else search.metric
-    downstream = ablation_table(trials, downstream_metrics(trials.columns, search.metric), "Downstream metrics",
-                                rank_metric, search.mode, selected=selection.config)
-    structure = ablation_table(trials, present(STRUCTURE_METRICS, trials.columns), "Latent-structure diagnostics",
-                               rank_metric, search.mode, selected=selection.config)
     checks = study_checks(study, trials)
     info_gap = analyse_info_gap(trials, study) if is_info_gap_study(search.searched_keys) else None
     preregistered = info_gap if info_gap is not None and info_gap.preregistered else None
-    summary = _overview(study, trials, downstream, structure, missing, selection, checks, preregistered)
-    sections = [summary]
+    answer = _answer(study, trials, not_testable(checks), preregistered)
+    selected = answer.selection.config
+    rank_metric = validation_name(search.metric) if validation_name(search.metric) in trials else search.metric
+    downstream = ablation_table(trials, downstream_metrics(trials.columns, search.metric), "Downstream metrics",
+                                rank_metric, search.mode, selected=selected)
+    structure = ablation_table(trials, present(STRUCTURE_METRICS, trials.columns), "Latent-structure diagnostics",
+                               rank_metric, search.mode, selected=selected)
+    tables = [table for table in (downstream, structure) if table.rows and table.metrics]
+    sections = [_overview(writer, study, trials, tables, missing, answer, checks, interrupted)]
     if checks:
         sections.append(_checks_section(writer, checks))
     if info_gap is not None:
         sections.append(_info_gap_section(writer, trials, info_gap))
-    tables = Section("Ablation tables")
+    ablation = Section("Ablation tables")
     for table, stem in ((downstream, "ablation_downstream"), (structure, "ablation_structure")):
         if table.rows and table.metrics:
-            writer.ablation(tables, table, stem)
-    sections.append(tables)
+            writer.ablation(ablation, table, stem)
+    sections.append(ablation)
     sections.append(_figures_section(writer, study, trials))
     optuna_section = _optuna_section(writer, study)
     if optuna_section is not None:
         sections.append(optuna_section)
-    sections += [_reference_section(writer, trials, study.base.data.eval_limit), _trials_section(trials, missing)]
+    sections += [_reference_section(writer, trials, study.base.data.eval_limit), _trials_section(trials, missing),
+                 _provenance_section(study)]
     return sections
 
 
@@ -361,18 +428,27 @@ th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
 th { background: #eef; } td:first-child, th:first-child { text-align: left; }
 figure { margin: 1em 0; } img { max-width: 100%; } figcaption, .legend { color: #555; font-size: 0.85em; }
 li { margin: 0.3em 0; }
+.answer { border-left: 5px solid #446; background: #f3f4fa; padding: 0.4em 1em; margin: 1em 0; font-size: 1.05em; }
+.answer p { margin: 0.4em 0; } .answer p:first-child { font-weight: 600; }
+.table-wrap { overflow-x: auto; max-width: 100%; }
 </style></head><body>
 <h1>{{ title }}</h1>
-{% for section in sections %}<section><h2>{{ section.title }}</h2>
-{% for paragraph in section.paragraphs %}<p>{{ paragraph }}</p>
+{% macro prose(section) %}{% for paragraph in section.paragraphs %}<p>{{ paragraph }}</p>
 {% endfor %}{% if section.bullets %}<ul>{% for bullet in section.bullets %}<li>{{ bullet }}</li>
-{% endfor %}</ul>{% endif %}
-{% for table in section.tables %}<h3>{{ table.title }}</h3>{{ table.html | safe }}
+{% endfor %}</ul>{% endif %}{% endmacro %}
+{% macro tables(section) %}{% for table in section.tables %}<h3>{{ table.title }}</h3>
+<div class="table-wrap">{{ table.html | safe }}</div>
 {% if table.note %}<p class="legend">{{ table.note }}</p>{% endif %}
-{% endfor %}
-{% for figure in section.figures %}<figure><img alt="{{ figure.title }}" src="data:image/png;base64,{{ figure.data }}">
+{% endfor %}{% endmacro %}
+{% macro figures(section) %}{% for figure in section.figures %}<figure><img alt="{{ figure.title }}" \
+src="data:image/png;base64,{{ figure.data }}">
 <figcaption>{{ figure.title }}</figcaption></figure>
-{% endfor %}</section>
+{% endfor %}{% endmacro %}
+{% for section in sections %}<section><h2>{{ section.title }}</h2>
+{% if section.callout %}<div class="answer">{% for line in section.callout %}<p>{{ line }}</p>
+{% endfor %}</div>{% endif %}
+{% if section.lead %}{{ figures(section) }}{{ tables(section) }}{{ prose(section) }}
+{% else %}{{ prose(section) }}{{ tables(section) }}{{ figures(section) }}{% endif %}</section>
 {% endfor %}</body></html>
 """)
 
@@ -390,18 +466,34 @@ def render_markdown(title: str, sections: list[Section], out_dir: Path) -> str:
     lines = [f"# {title}", ""]
     for section in sections:
         lines += [f"## {section.title}", ""]
-        lines += [paragraph + "\n" for paragraph in section.paragraphs]
-        lines += [f"- {bullet}" for bullet in section.bullets] + ([""] if section.bullets else [])
-        for table in section.tables:
-            lines += [f"### {table.title}", "", table.markdown]
-        for figure in section.figures:
-            lines += [f"![{figure.title}]({figure.png.relative_to(out_dir).as_posix()})", ""]
+        lines += [f"> {line}\n>" for line in section.callout] + ([""] if section.callout else [])
+        prose = [paragraph + "\n" for paragraph in section.paragraphs]
+        prose += [f"- {bullet}" for bullet in section.bullets] + ([""] if section.bullets else [])
+        tables = [line for table in section.tables for line in (f"### {table.title}", "", table.markdown)]
+        figures = [line for figure in section.figures
+                   for line in (f"![{figure.title}]({figure.png.relative_to(out_dir).as_posix()})", "")]
+        lines += [*figures, *tables, *prose] if section.lead else [*prose, *tables, *figures]
     return "\n".join(lines)
 
 
+def study_answer_of(results_dir: str | Path) -> Answer:
+    """The study's answer as the report's call-out states it (for the end of `study.run`)."""
+    trials = load(results_dir)
+    study: Study = trials.attrs["study"]
+    return _answer(study, trials, not_testable(study_checks(study, trials)), None)
+
+
+def _answer(study: Study, trials: pd.DataFrame, untestable: str | None,
+            preregistered: InfoGapAnalysis | None) -> Answer:
+    search = study.search
+    return study_answer(trials, search.metric, search.mode, search.searched_keys, study.base.train.batch_size,
+                        untestable, preregistered.verdict if preregistered is not None else None)
+
+
 def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
-                 formats: tuple[str, ...] | list[str] = FORMATS) -> Path:
-    """Write the report of the study in `results_dir`; returns report.html (or report.md without html)."""
+                 formats: tuple[str, ...] | list[str] = FORMATS, interrupted: str | None = None) -> Path:
+    """Write the report of the study in `results_dir`; returns report.html (or report.md without html).
+    `interrupted` (the study's interrupted line) marks the report partial and says how to resume."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"--formats: unknown format(s) {', '.join(unknown)} (choose from {', '.join(FORMATS)})")
@@ -409,8 +501,8 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
     study: Study = trials.attrs["study"]
     out_dir = Path(out_dir) if out_dir is not None else study.results_dir / "report"
     writer = ReportWriter(out_dir, tuple(formats))
-    sections = build_sections(study, trials, writer)
-    title = f"Study report: {study.name}"
+    sections = build_sections(study, trials, writer, interrupted)
+    title = f"Study report: {study.name}" + (" (partial)" if _is_partial(study, trials, interrupted) else "")
     written = out_dir
     if "md" in formats:
         written = write_atomic(out_dir / "report.md", render_markdown(title, sections, out_dir))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import shutil
 import sys
 import uuid
@@ -22,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from ray.tune.search import Repeater
-from ray.tune.search.repeater import TRIAL_INDEX
 
+from analysis import provenance
 from analysis.files import write_atomic
+from study.console import StudyInterrupt
 from study.spec import StudySpec, load_study, searched_keys, selection_metric
 from trainers.config import ConfigError
 from trainers.train import CHECKPOINTS_KEPT, check_data, init_ray
@@ -112,101 +113,17 @@ def describe(spec: StudySpec) -> str:
 # --------------------------------------------------------------------------- Tune
 
 
-class SeededRepeater(Repeater):
-    """Repeats each Optuna suggestion once per seed and writes the seed into the trial config,
-    so every trial's params.json says which seed it ran; Optuna sees the mean over seeds.
-
-    The first configuration is the baseline (the base values of the searched keys, e.g. every
-    weight 0), run once per seed outside Optuna: a log-scale weight can never reach 0, and an
-    ablation table needs the baseline to compare against.
-    """
-
-    def __init__(self, searcher: Any, seeds: list[int], baseline: dict[str, Any]) -> None:
-        super().__init__(searcher, repeat=len(seeds), set_index=True)
-        self.seeds = list(seeds)
-        self.baseline = dict(baseline)
-        self.baseline_trials: list[str] = []
-
-    def suggest(self, trial_id: str) -> dict | None:
-        if len(self.baseline_trials) < len(self.seeds):
-            index = len(self.baseline_trials)
-            self.baseline_trials.append(trial_id)
-            return {**self.baseline, TRIAL_INDEX: index, "train.seed": self.seeds[index]}
-        config = super().suggest(trial_id)
-        if isinstance(config, dict):
-            config["train.seed"] = self.seeds[config[TRIAL_INDEX]]
-        return config
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs: Any) -> None:
-        if trial_id not in self.baseline_trials:
-            super().on_trial_complete(trial_id, result, **kwargs)
-
-
-def build_tune_config(spec: StudySpec, results: str, concurrency: int):
-    from ray import tune
-
-    search = spec.search
-    scheduler = None
-    if search.scheduler.type == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            metric=selection_metric(search.metric),
-            mode=search.mode,
-            max_t=search.scheduler.max_t or spec.base.train.epochs,
-            grace_period=search.scheduler.grace_period,
-            reduction_factor=search.scheduler.reduction_factor,
-        )
-    if search.method == "grid":
-        from study.search import grid_param_space
-
-        return tune.TuneConfig(
-            num_samples=1, scheduler=scheduler, max_concurrent_trials=concurrency, reuse_actors=True,
-            trial_dirname_creator=_trial_dirname, trial_name_creator=_trial_dirname,
-        ), grid_param_space(search.space, search.seeds)
-
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    from study.search import optuna_define_by_run
-
-    storage = None if is_uri(results) else optuna.storages.RDBStorage(f"sqlite:///{local_path(results) / OPTUNA_FILE}")
-    searcher = OptunaSearch(
-        space=optuna_define_by_run(search.space),
-        metric=selection_metric(search.metric),
-        mode=search.mode,
-        study_name=spec.name,
-        storage=storage,
-        seed=spec.base.train.seed,
-    )
-    base = spec.base.model_dump()
-    baseline = {key: _dotted_value(base, key) for key in search.space}
-    return tune.TuneConfig(
-        search_alg=SeededRepeater(searcher, search.seeds, baseline),
-        scheduler=scheduler,
-        num_samples=spec.num_trials(),
-        max_concurrent_trials=concurrency,
-        reuse_actors=True,  # the next trial finds torch, open_clip and the task sets already loaded
-        trial_dirname_creator=_trial_dirname,
-        trial_name_creator=_trial_dirname,
-    ), {}
-
-
-def _dotted_value(tree: dict[str, Any], key: str) -> Any:
-    for part in key.split("."):
-        tree = tree[part]
-    return tree
-
-
-def _trial_dirname(trial: Any) -> str:
-    return f"trial_{trial.trial_id}"
+def optuna_url(results: str) -> str | None:
+    """The SQLAlchemy URL of a local study's Optuna storage (absolute: it works from any directory)."""
+    return None if is_uri(results) else f"sqlite:///{local_path(results) / OPTUNA_FILE}"
 
 
 def build_tuner(spec: StudySpec, results: str, resume: bool):
     import ray
     from ray import tune
 
+    from study.console import StudyReporter
+    from study.search import build_tune_config
     from study.trial import run_trial
 
     storage = results if is_uri(results) else str(local_path(results))
@@ -219,15 +136,17 @@ def build_tuner(spec: StudySpec, results: str, resume: bool):
         return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
 
     concurrency = max_concurrent_trials(spec, ray.cluster_resources())
-    tune_config, param_space = build_tune_config(spec, results, concurrency)
+    tune_config, param_space = build_tune_config(spec, optuna_url(results), concurrency)
     # Tune's table flattens a nested config with "/": a block parameter's keys are regularizers/gc, ...
     parameter_columns = [key if key in spec.search.space else key.replace(".", "/", 1)
                          for key in searched_keys(spec.search.space)]
     # selection runs on the validation metric; the test metric beside it is what the report shows
     selected_on = selection_metric(spec.search.metric)
-    reporter = tune.CLIReporter(
-        metric_columns={"epoch": "epoch", selected_on: selected_on, spec.search.metric: spec.search.metric,
-                        "train/loss": "loss"},
+    reporter = StudyReporter(
+        experiment,
+        # training_iteration counts a trial's reports, one per epoch: the epoch, 1-based
+        metric_columns={"training_iteration": "epoch", selected_on: selected_on,
+                        spec.search.metric: spec.search.metric, "train/loss": "loss"},
         parameter_columns=parameter_columns + ["train.seed"],
         max_report_frequency=30,
     )
@@ -242,6 +161,31 @@ def build_tuner(spec: StudySpec, results: str, resume: bool):
         verbose=1,
     )
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+def finished_trials(grid: Any, epochs: int) -> int:
+    """Trials that trained every epoch (one report per epoch) without an error."""
+    return sum(1 for result in grid
+               if result.error is None and (result.metrics or {}).get("training_iteration", 0) >= epochs)
+
+
+def resume_command(argv: list[str], results: str) -> str:
+    """The command line that resumes this study: the same study file and --set, with --results and --resume."""
+    args = list(argv)
+    if not any(arg == "--results" or arg.startswith("--results=") for arg in args):
+        args += ["--results", results]
+    args = [arg for arg in args if arg not in ("--resume", "--no-report")]
+    return "python -m study.run " + shlex.join([*args, "--resume"])
+
+
+def finish_report(spec: StudySpec, results: str, interrupted: str | None) -> list[str]:
+    """Write the report (marked partial when interrupted) and return the end-of-run lines: the best
+    configuration with its values, its metric against the baseline, the verdict, and the report's path."""
+    from analysis.report import study_answer_of, write_report
+
+    report = write_report(local_path(results), interrupted=interrupted)
+    lines = study_answer_of(local_path(results)).lines()
+    return [*lines, f"report: {report}"]
 
 
 # --------------------------------------------------------------------------- main
@@ -288,31 +232,58 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {'base.' + message if message.startswith('data.') else message}", file=sys.stderr)
         return 2
 
-    if not is_uri(results) and not args.resume:
-        write_atomic(local_path(results) / STUDY_FILE, yaml.safe_dump(spec.to_yaml_dict(), sort_keys=False))
+    argv = sys.argv[1:] if argv is None else argv
+    if not is_uri(results):
+        if not args.resume:
+            write_atomic(local_path(results) / STUDY_FILE, yaml.safe_dump(spec.to_yaml_dict(), sort_keys=False))
+        provenance.record_run(local_path(results), ["python", "-m", "study.run", *argv])
     print(describe(spec), flush=True)
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's table reporter, with our columns
     # epochs without evaluation (eval.every_epoch: false) report no search metric; that is expected
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    init_ray(args.address)
+    interrupt = StudyInterrupt()
     try:
+        init_ray(args.address)
+        interrupt.install()  # after ray.init, which installs a SIGTERM handler of its own
+        if (url := optuna_url(results)) and spec.search.method == "optuna":
+            print(f"Optuna dashboard: optuna-dashboard {url}", flush=True)
         tuner = build_tuner(spec, results, args.resume)
+        interrupt.tuning = True
         grid = tuner.fit()
+        interrupt.tuning = False
+    except KeyboardInterrupt:  # before the Tune loop started, or a second signal: nothing more is written
+        print(interrupted_line(None, spec.num_trials(), argv, results), file=sys.stderr, flush=True)
+        return interrupt.exit_code
     except Exception as exc:
         if args.debug:
             raise
         print(f"error: study failed: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
         return 1
     failed = sum(1 for result in grid if result.error is not None)
-    print(f"{len(grid)} trials, {failed} failed", flush=True)
+    finished = finished_trials(grid, spec.base.train.epochs)
+    stopped = interrupted_line(finished, spec.num_trials(), argv, results) if interrupt.interrupted else None
+    if not stopped:
+        print(f"{len(grid)} trials, {failed} failed", flush=True)
     if not args.no_report and not is_uri(results):
-        from analysis.report import write_report
-
-        report = write_report(local_path(results))
-        print(f"report: {report}")
+        try:
+            for line in finish_report(spec, results, stopped):
+                print(line, flush=True)
+        except KeyboardInterrupt:
+            print("report: not written (interrupted)", file=sys.stderr, flush=True)
+            return interrupt.exit_code
+    if (url := optuna_url(results)) and spec.search.method == "optuna":
+        print(f"Optuna dashboard: optuna-dashboard {url}", flush=True)
+    if stopped:
+        print(stopped, flush=True)
+        return interrupt.exit_code
     # 0 only when every trial finished; the report above lists a failed trial with its reason
     return 1 if failed else 0
+
+
+def interrupted_line(finished: int | None, total: int, argv: list[str], results: str) -> str:
+    done = "" if finished is None else f" {finished} of {total} trials finished"
+    return f"interrupted:{done} — resume with: {resume_command(argv, results)}"
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Compiling a study's search space for Ray Tune: an Optuna define-by-run function, or a grid.
+"""Compiling a study for Ray Tune: the search space as an Optuna define-by-run function or a grid, the
+seeds as repeated trials (`SeededRepeater`), the scheduler, and the `TuneConfig` (`build_tune_config`).
 
 Trial configurations are FLAT dicts keyed by the dotted configuration keys
 (`{"regularizers.gc": 0.3, "train.seed": 1}`). Ray's OptunaSearch unflattens suggested names
@@ -8,16 +9,36 @@ parameter is therefore named `<key>:on` (a "/" would nest it under the weight an
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
 from ray import tune
+from ray.tune.search import Repeater
 from ray.tune.search.repeater import TRIAL_INDEX
 
-from study.spec import ChoiceParam, GridParam, IntParam, LogUniformParam, ParamSpec, UniformParam, grid_values
+from study.spec import (
+    ChoiceParam,
+    GridParam,
+    IntParam,
+    LogUniformParam,
+    ParamSpec,
+    StudySpec,
+    UniformParam,
+    grid_values,
+    selection_metric,
+)
 
 SWITCH_SUFFIX = ":on"
+# the Optuna user attribute that marks the baseline's record (see SeededRepeater)
+BASELINE_ATTR = "baseline"
+
+
+def trial_name(trial_id: str) -> str:
+    """The one name of a trial everywhere: its Tune directory, its row in the progress table, its Ray
+    actor, and its Ray Train run (`trials/trial_<id>/`, `train/trial_<id>/`)."""
+    return f"trial_{trial_id}"
 
 
 def switch_name(key: str) -> str:
@@ -86,3 +107,129 @@ def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
         for key, value in config.items()
         if not key.startswith("__") and not key.endswith(SWITCH_SUFFIX)
     }
+
+
+# --------------------------------------------------------------------------- Tune compilation
+
+
+class SeededRepeater(Repeater):
+    """Repeats each Optuna suggestion once per seed and writes the seed into the trial config,
+    so every trial's params.json says which seed it ran; Optuna sees the mean over seeds.
+
+    The first configuration is the baseline (the base values of the searched keys, e.g. every
+    weight 0), run once per seed outside Optuna's sampler: a log-scale weight can never reach 0, and
+    an ablation table needs the baseline to compare against. Once every seed of it has finished, its
+    mean is recorded in the Optuna study as a trial of its own (no parameters, since 0 lies outside a
+    log-scale distribution; user attribute `baseline` holds its values), so that Optuna's dashboard
+    ranks the searched configurations against it as the report does.
+
+    Each epoch's mean over seeds of a configuration is reported to its Optuna trial as an intermediate
+    value once every seed has reached that epoch (optuna-dashboard's intermediate-values plot).
+    """
+
+    def __init__(self, searcher: Any, seeds: list[int], baseline: dict[str, Any]) -> None:
+        super().__init__(searcher, repeat=len(seeds), set_index=True)
+        self.seeds = list(seeds)
+        self.baseline = dict(baseline)
+        self.baseline_trials: list[str] = []
+        self.baseline_scores: dict[str, float] = {}
+        self.baseline_recorded = False
+        # primary trial id -> {training_iteration -> {trial id -> value}}
+        self.step_values: dict[str, dict[int, dict[str, float]]] = {}
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if len(self.baseline_trials) < len(self.seeds):
+            index = len(self.baseline_trials)
+            self.baseline_trials.append(trial_id)
+            return {**self.baseline, TRIAL_INDEX: index, "train.seed": self.seeds[index]}
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            config["train.seed"] = self.seeds[config[TRIAL_INDEX]]
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        group = self._trial_id_to_group.get(trial_id)
+        value, step = result.get(self.searcher.metric), result.get("training_iteration")
+        if group is None or not isinstance(value, int | float) or step is None:
+            return  # a baseline trial, or an epoch without evaluation
+        primary = group.primary_trial_id
+        values = self.step_values.setdefault(primary, {}).setdefault(int(step), {})
+        values[trial_id] = float(value)
+        optuna_trial = getattr(self.searcher, "_ot_trials", {}).get(primary)
+        if len(values) == self.repeat and optuna_trial is not None:
+            optuna_trial.report(sum(values.values()) / len(values), int(step))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs: Any) -> None:
+        if trial_id not in self.baseline_trials:
+            super().on_trial_complete(trial_id, result, **kwargs)
+            return
+        value = (result or {}).get(self.searcher.metric)
+        if isinstance(value, int | float) and math.isfinite(value):
+            self.baseline_scores[trial_id] = float(value)
+        if len(self.baseline_scores) == len(self.seeds) and not self.baseline_recorded:
+            self._record_baseline()
+
+    def _record_baseline(self) -> None:
+        study = getattr(self.searcher, "_ot_study", None)
+        if study is None:
+            return
+        mean = sum(self.baseline_scores.values()) / len(self.baseline_scores)
+        study.add_trial(optuna.trial.create_trial(
+            value=mean, params={}, distributions={},
+            user_attrs={BASELINE_ATTR: self.baseline, "seeds": self.seeds},
+        ))
+        self.baseline_recorded = True
+
+
+def build_tune_config(spec: StudySpec, optuna_storage: str | None, concurrency: int) -> tuple[Any, dict[str, Any]]:
+    """Tune's TuneConfig and param_space for a study: a grid of every value x seed, or Optuna (storage
+    `optuna_storage`, an SQLAlchemy URL; None keeps it in memory) behind a SeededRepeater."""
+    search = spec.search
+    scheduler = None
+    if search.scheduler.type == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            metric=selection_metric(search.metric),
+            mode=search.mode,
+            max_t=search.scheduler.max_t or spec.base.train.epochs,
+            grace_period=search.scheduler.grace_period,
+            reduction_factor=search.scheduler.reduction_factor,
+        )
+    names = {"trial_dirname_creator": _trial_name_of, "trial_name_creator": _trial_name_of}
+    if search.method == "grid":
+        return tune.TuneConfig(num_samples=1, scheduler=scheduler, max_concurrent_trials=concurrency,
+                               reuse_actors=True, **names), grid_param_space(search.space, search.seeds)
+
+    from ray.tune.search.optuna import OptunaSearch
+
+    storage = optuna.storages.RDBStorage(optuna_storage) if optuna_storage else None
+    searcher = OptunaSearch(
+        space=optuna_define_by_run(search.space),
+        metric=selection_metric(search.metric),
+        mode=search.mode,
+        study_name=spec.name,
+        storage=storage,
+        seed=spec.base.train.seed,
+    )
+    base = spec.base.model_dump()
+    baseline = {key: _dotted_value(base, key) for key in search.space}
+    return tune.TuneConfig(
+        search_alg=SeededRepeater(searcher, search.seeds, baseline),
+        scheduler=scheduler,
+        num_samples=spec.num_trials(),
+        max_concurrent_trials=concurrency,
+        reuse_actors=True,  # the next trial finds torch, open_clip and the task sets already loaded
+        **names,
+    ), {}
+
+
+def _dotted_value(tree: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
+
+
+def _trial_name_of(trial: Any) -> str:
+    return trial_name(trial.trial_id)

@@ -49,10 +49,12 @@ def study_env() -> dict[str, str]:
 class StudyProcess:
     """A running `python -m study.run`; remembers every process it spawned so nothing outlives the test."""
 
-    def __init__(self, command: list[str], log: Path):
+    def __init__(self, command: list[str], log: Path, new_session: bool = False):
         self.log = log
         self.stream = log.open("w")
-        self.proc = subprocess.Popen(command, cwd=REPO, env=study_env(), stdout=self.stream, stderr=subprocess.STDOUT)
+        # new_session: its own process group, which a test can signal as a terminal's Ctrl-C does
+        self.proc = subprocess.Popen(command, cwd=REPO, env=study_env(), stdout=self.stream, stderr=subprocess.STDOUT,
+                                     start_new_session=new_session)
         self.seen: dict[int, psutil.Process] = {}
 
     def descendants(self) -> list[psutil.Process]:
@@ -124,8 +126,8 @@ def start_study(tmp_path: Path):
     """start_study(command) -> StudyProcess; every process it spawned is killed at teardown."""
     started: list[StudyProcess] = []
 
-    def start(command: list[str], name: str = "study") -> StudyProcess:
-        study = StudyProcess(command, tmp_path / f"{name}-{len(started)}.log")
+    def start(command: list[str], name: str = "study", new_session: bool = False) -> StudyProcess:
+        study = StudyProcess(command, tmp_path / f"{name}-{len(started)}.log", new_session)
         started.append(study)
         return study
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+import json
+import re
 import shutil
 import struct
 import subprocess
@@ -11,6 +14,7 @@ import pytest
 
 import analysis
 from analysis import plots
+from analysis.configs import configuration_order
 from analysis.report import main, write_report
 from analysis.tables import SELECTED_MARK
 
@@ -33,36 +37,47 @@ def test_report_files_and_summary(ablation_report):
     out = root / "report"
     assert html_path == out / "report.html"
     for name in ("tables/ablation_downstream.csv", "tables/ablation_downstream.tex", "tables/ablation_structure.tex",
-                 "tables/checks.csv", "figures/gc_downstream.png", "figures/gc_downstream.svg",
-                 "figures/combinations.png", "figures/curves_zeroshot_synthetic_shapes_top1.png",
-                 "figures/embeddings_pca.png", "report.md"):
+                 "tables/checks.csv", "tables/significance.csv", "figures/combinations.png",
+                 "figures/curves_zeroshot_synthetic_shapes_top1.png", "figures/embeddings_pca.png", "report.md"):
         assert (out / name).is_file(), name
     width, height = _png_size(out / "figures" / "combinations.png")
     assert width > 200 and height > 200
     markdown = (out / "report.md").read_text()
-    opening = markdown.split("## Summary")[1].split("\n\n")[1]
-    assert opening.startswith(f"Study “ablation”. Primary metric: {fx.ZEROSHOT} (max)")
-    assert f"selected on val/{fx.ZEROSHOT}" in opening
-    assert "Test-bed checks: passed (shared-class probe (image embedding) = 0.802" in markdown
-    assert f"Selected configuration (best mean of val/{fx.ZEROSHOT} over seeds): +DFS [batch 32]" in markdown
-    assert "Primary comparison (+DFS vs. baseline on zeroshot/synthetic_shapes/top1, test split, one-sided, " \
-           "a family of 1): no significant difference" in markdown
-    assert "+GC [batch 32] vs. baseline — helped: raised zero-shot top-1 accuracy on synthetic_shapes from 0.409 " \
-           "to 0.508 (Δ +0.099, +24.2%; Holm-corrected p = 0.012 (m = 6), n = 10 paired seeds, d_z = +" in markdown
-    assert f"+DFS [batch 32] {SELECTED_MARK} vs. baseline — no significant change in {fx.ZEROSHOT}" in markdown
-    # at n = 8 its top-1 gain passes in the downstream family (m = 6), its structure changes cannot (m = 9)
-    assert "- +DFS+GC [batch 32] vs. baseline — helped: raised zero-shot top-1" in markdown
-    assert "- Latent structure: +DFS+GC [batch 32] vs. baseline — not testable: structure/modality_gap" in markdown
-    # no verdict word without a corrected p beside it
-    for line in markdown.splitlines():
-        if " helped:" in line or " hurt:" in line:
-            assert "Holm-corrected p = " in line and "paired seeds" in line
+    summary = markdown.split("## Summary\n")[1].split("\n## ")[0]
+    # the answer first: partial (a failed and an incomplete trial), best configuration with its values, its
+    # metric with intervals against the baseline, and the verdict of the Holm-corrected primary comparison
+    callout = [line.removeprefix("> ") for line in summary.splitlines() if line.startswith("> ")]
+    assert callout[0].startswith("Partial report: 38 of 40 expected trials finished, 1 failed; ")
+    assert callout[1] == ("Best configuration: +DFS — regularizers.dfs = 1, regularizers.gc = 0, at batch size 32 "
+                          f"(selected on val/{fx.ZEROSHOT}, mean over 10 seed(s)).")
+    assert callout[2].startswith(f"{fx.ZEROSHOT} 0.415 [95% CI 0.402, 0.428] on test vs. baseline 0.409 [95% CI ")
+    assert callout[3].startswith(f"Verdict: No significant difference from the baseline on {fx.ZEROSHOT} "
+                                 "(Holm-corrected p = 0.234 (m = 1), n = 10 paired seeds, d_z = +0.27 [")
+    assert summary.index("figures/combinations.png") < summary.index("### Each configuration against the baseline")
+    assert summary.index("### Each configuration") < summary.index("Test-bed checks: passed (shared-class probe")
+    # the significance table: one row per comparison; a verdict word only beside a corrected p below 0.05
+    assert f"| +GC [batch 32] | Downstream metrics | {fx.ZEROSHOT} | +0.099 | 0.012 (6) | 10 | +" in summary
+    assert ("| +DFS+GC [batch 32] | Latent-structure diagnostics | structure/modality_gap | +0.000 | 1.000 (9) | 8 "
+            "| – | not testable at n = 8 |") in summary
+    rows = [line.split(" | ") for line in summary.splitlines() if line.startswith("| +")]
+    assert len(rows) == 15
+    for cells in rows:
+        if cells[-1].rstrip(" |") in ("helped", "hurt", "changed"):
+            assert float(cells[4].split()[0]) < 0.05
     assert "zeroshot/top1" not in markdown  # zero-shot per set only, never a cross-set mean
-    assert "RuntimeError: CUDA out of memory (simulated)" in markdown and "stopped after 1 of 3 epochs" in markdown
-    assert f"![{fx.ZEROSHOT} per configuration](figures/combinations.png)" in markdown
+    assert "RuntimeError: CUDA out of memory (simulated)" in markdown and "1 of 3 epochs so far" in markdown
+    # degenerate figures are left out with the reason: GC and DFS each ran one non-zero weight
+    assert "No figure against the GC weight: the study ran one non-zero weight (0.5)" in markdown
+    assert not (out / "figures" / "gc_downstream.png").exists()
+    trials_table = markdown.split("### All trials")[1]
+    assert "| config | seed | trial_id | status | epochs | time (s) |" in trials_table
+    assert "| 30 |" in trials_table and "30.0" not in trials_table
+    provenance = markdown.split("## Provenance")[1]
+    assert "report built " in provenance and "git commit " in provenance and "torch " in provenance
     html = html_path.read_text()
     assert "data:image/png;base64," in html and "<script" not in html
     assert "http://" not in html and "https://" not in html
+    assert "<title>Study report: ablation (partial)</title>" in html and '<div class="answer">' in html
 
 
 def test_plot_axes_say_what_is_shown(ablation_report):
@@ -72,10 +87,17 @@ def test_plot_axes_say_what_is_shown(ablation_report):
     assert [(ax.get_xlabel(), ax.get_ylabel()) for ax in figure.axes] == [
         ("GC weight (log scale)", fx.ZEROSHOT), ("GC weight (log scale)", "structure/alignment")]
     assert figure.axes[0].get_xscale() == "log"
+    figure.canvas.draw()
+    assert [tick.get_text() for tick in figure.axes[0].get_xticklabels()] == ["0.5"]  # the sampled weight
     bars = plots.combination_bars(trials, fx.ZEROSHOT)
     assert (bars.axes[0].get_xlabel(), bars.axes[0].get_ylabel()) == ("configuration", fx.ZEROSHOT)
-    curves = plots.learning_curves(analysis.load_history(root), "train/loss")
+    finished = trials[trials["status"] == "finished"]
+    curves = plots.learning_curves(analysis.load_history(root), "train/loss", configuration_order(finished))
     assert (curves.axes[0].get_xlabel(), curves.axes[0].get_ylabel()) == ("epoch", "train/loss")
+    epochs = sorted({x for line in curves.axes[0].lines for x in line.get_xdata()})
+    assert epochs[0] == 1 and all(float(x).is_integer() for x in epochs)  # 1-based, whole epochs
+    legend = [text.get_text() for text in curves.axes[0].get_legend().get_texts()]
+    assert legend == ["baseline", "+DFS", "+GC", "+DFS+GC"]  # by weight, not alphabetically
 
 
 @pytest.mark.slow
@@ -94,7 +116,7 @@ def test_optuna_plots_and_report(tmp_path):
     assert main([str(root), "--formats", "md"]) == 0
     markdown = (root / "report" / "report.md").read_text()
     assert "figures/optuna_importances.png" in markdown
-    assert f"GC=0.3 [batch 32] {SELECTED_MARK} vs. baseline" in markdown
+    assert f"| GC=0.3 [batch 32] {SELECTED_MARK} | Downstream metrics |" in markdown
     assert f"objective = val/{fx.ZEROSHOT} averaged over seeds" in markdown
     assert not (root / "report" / "report.html").exists()
 
@@ -108,7 +130,7 @@ def test_info_gap_section_leads_with_the_preregistered_verdict(tmp_path):
     assert section.startswith("Pre-registered test (gap x pressure interaction): interaction shown (on the "
                               "image-only attribute probe (image embedding): Δ -0.299, corrected p = 0.00781, n = 8")
     assert "Holm over m = 2)" in section.split("\n")[0]
-    assert "Primary result — Pre-registered test (gap x pressure interaction): interaction shown" in markdown
+    assert "> Verdict: Pre-registered test (gap x pressure interaction): interaction shown" in markdown
     assert "[pre-registered secondary] GC under pressure vs pressure alone (gap 1), image-only attribute probe " \
            "(image embedding): Δ +0.099 (Holm-corrected p = 0.008 (m = 2), n = 8 paired seeds" in section
     assert "| shared-class probe (image embedding) | info_gap=1, align=0 | 0.95 | 0.12 | 0.42 |" in section
@@ -160,7 +182,7 @@ def test_html_report_loads_in_headless_chromium(ablation_report, tmp_path):
     common = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
               "--disable-background-networking", "--disable-component-update", "--disable-sync",
               f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-              "--window-size=1200,2400"]
+              "--window-size=1400,2400"]
     shot = subprocess.run([*common, f"--screenshot={screenshot}", html_path.as_uri()],
                           capture_output=True, text=True, timeout=120)
     # Chromium logs every console message (errors included, as INFO:CONSOLE) to stderr; the report has
@@ -168,8 +190,24 @@ def test_html_report_loads_in_headless_chromium(ablation_report, tmp_path):
     console_messages = [line for line in shot.stderr.splitlines() if ":CONSOLE" in line]
     assert console_messages == []
     width, height = _png_size(screenshot)
-    assert (width, height) == (1200, 2400) and screenshot.stat().st_size > 20_000
-    # The DOM chromium built: every embedded image decoded (naturalWidth > 0 is visible only to scripts,
-    # so check that the document parsed into the sections and images we wrote).
-    dom = subprocess.run([*common, "--dump-dom", html_path.as_uri()], capture_output=True, text=True, timeout=120)
-    assert "<h2>Summary</h2>" in dom.stdout and dom.stdout.count("<img ") >= 8
+    assert (width, height) == (1400, 2400) and screenshot.stat().st_size > 20_000
+    # Layout, measured by Chromium itself: a copy of the report with one probe script (the report has none)
+    # writes the page's scroll width and how many images decoded into the DOM that --dump-dom prints.
+    probe = tmp_path / "probe.html"
+    probe.write_text(html_path.read_text().replace("</body>", """<script>
+window.addEventListener("load", () => {
+  const images = [...document.images];
+  document.body.dataset.probe = JSON.stringify({
+    scrollWidth: document.documentElement.scrollWidth, clientWidth: document.documentElement.clientWidth,
+    images: images.length, decoded: images.filter(i => i.complete && i.naturalWidth > 0).length});
+});
+</script></body>"""))
+    dom = subprocess.run([*common, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert "<h2>Summary</h2>" in dom.stdout and dom.stdout.count("<img ") >= 4
+    found = re.search(r'data-probe="([^"]*)"', dom.stdout)
+    assert found, dom.stdout[-2000:]
+    layout = json.loads(html.unescape(found.group(1)))
+    print(f"chromium at 1400 px: {layout}")
+    assert layout["scrollWidth"] <= layout["clientWidth"] <= 1400, layout  # no horizontal overflow at 1400 px
+    assert layout["decoded"] == layout["images"] >= 4, layout  # every figure loaded

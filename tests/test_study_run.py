@@ -193,6 +193,57 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path, start_study):
     assert html.count("<td>finished</td>") == 2  # the "All trials" table: one row per trial
 
 
+@pytest.mark.slow
+def test_ctrl_c_stops_the_study_with_a_resume_line_and_a_partial_report(tmp_path: Path, start_study):
+    """SIGINT to the study's process group (a terminal's Ctrl-C) while its second trial is mid-way: it stops
+    within seconds, exits 130, prints the study's own resume line (not Ray's Tuner.restore hint), writes a
+    report marked partial; that exact line then finishes the study without rerunning the finished trial."""
+    space = tiny_grid_study(tmp_path, seeds=[0, 1], max_concurrent=1)
+    results = tmp_path / "results"
+    overrides = ["base.train.epochs=3", "base.data.train_size=1024"]
+    first = start_study(study_command(space, results, overrides=overrides), "first", new_session=True)
+
+    def second_trial_has_reported() -> bool:
+        done = [t for t in trial_dirs(results) if epoch_rows(t) == [0, 1, 2]]
+        return len(done) == 1 and any(epoch_rows(t) and t not in done for t in trial_dirs(results))
+
+    first.wait_for(second_trial_has_reported, STUDY_TIMEOUT, "the second trial's first epoch")
+    import os
+    import signal
+    import time
+
+    sent = time.monotonic()
+    os.killpg(first.proc.pid, signal.SIGINT)
+    assert first.wait(120) == 130, first.output()[-3000:]
+    stopped_after = time.monotonic() - sent
+    output = first.output()
+    print(f"SIGINT to exit: {stopped_after:.1f} s")
+    assert stopped_after < 90  # a few seconds on an idle machine: Tune's actor stop, then the report
+    lines = [line for line in output.splitlines() if line.startswith("interrupted: ")]
+    assert len(lines) == 1, output[-3000:]
+    assert lines[0].startswith(f"interrupted: 1 of 2 trials finished — resume with: python -m study.run {space} "
+                               f"--results {results} --set ")
+    assert lines[0].endswith(" --resume") and "Tuner.restore" not in output
+    assert "Traceback" not in output
+    html = (results / "report" / "report.html").read_text()
+    assert "Study report: grid (partial)" in html and "Partial report — interrupted: 1 of 2 trials finished" in html
+    finished = next(t for t in trial_dirs(results) if epoch_rows(t) == [0, 1, 2])
+    finished_results = (finished / "result.json").read_bytes()
+
+    import shlex
+
+    resume = shlex.split(lines[0].split("resume with: ", 1)[1])
+    assert resume[:3] == ["python", "-m", "study.run"]
+    resumed = start_study([sys.executable, *resume[1:]], "resumed")
+    assert resumed.wait(STUDY_TIMEOUT) == 0, resumed.output()[-3000:]
+    assert "2 trials, 0 failed" in resumed.output()
+    assert all(epoch_rows(t) == [0, 1, 2] for t in trial_dirs(results)) and len(trial_dirs(results)) == 2
+    assert (finished / "result.json").read_bytes() == finished_results
+    html = (results / "report" / "report.html").read_text()
+    assert "(partial)" not in html and "Every expected trial finished." in html
+    assert "study resumed" in html  # provenance: both starts of the study, with their commands
+
+
 def _cmdline_has_agent(process) -> bool:
     try:
         return any(part.startswith(("ray::DashboardAgent", "ray::RuntimeEnvAgent")) for part in process.cmdline())

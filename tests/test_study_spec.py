@@ -292,10 +292,10 @@ def test_real_data_metric_needs_a_validation_counterpart(tmp_path: Path, zerosho
 
 
 def test_tune_selects_on_the_validation_metric(tmp_path: Path):
-    from study.run import build_tune_config
+    from study.search import build_tune_config
 
     edit = _edits(_set("search/seeds", [0]), _set("search/scheduler", {"type": "asha"}))
-    tune_config, _ = build_tune_config(load_study(study_with(tmp_path, edit)), str(tmp_path), 1)
+    tune_config, _ = build_tune_config(load_study(study_with(tmp_path, edit)), f"sqlite:///{tmp_path}/optuna.db", 1)
     assert tune_config.search_alg.searcher.metric == SELECTED_ON == tune_config.scheduler.metric
 
 
@@ -423,8 +423,11 @@ def test_optuna_sqlite_study_records_dotted_and_switch_params(tmp_path: Path):
     assert all(trial.params[key] > 0 for key in trial.params if not key.endswith(":on"))
 
 
-def test_seeded_repeater_runs_the_baseline_first_and_hides_it_from_optuna():
-    from study.run import SeededRepeater
+def test_seeded_repeater_runs_the_baseline_first_and_records_it_in_optuna():
+    """The baseline runs first, once per seed, outside Optuna's sampler; its mean is then added to the Optuna
+    study as a trial of its own (so optuna-dashboard ranks against it); each epoch's mean over seeds of a
+    searched configuration is its Optuna trial's intermediate value."""
+    from study.search import BASELINE_ATTR, SeededRepeater
 
     space = build_study({
         "name": "s", "search": {"metric": "zeroshot/synthetic_shapes/top1",
@@ -436,10 +439,18 @@ def test_seeded_repeater_runs_the_baseline_first_and_hides_it_from_optuna():
     assert [c["train.seed"] for c in configs] == [3, 4, 3, 4]
     assert configs[0]["regularizers.gc"] == configs[1]["regularizers.gc"] == 0.0
     assert configs[2]["regularizers.gc"] == configs[3]["regularizers.gc"] > 0
-    for trial_id, score in zip(["t0", "t1", "t2", "t3"], [0.9, 0.9, 0.2, 0.4], strict=True):
+    for step, (first, second) in enumerate([(0.1, 0.3), (0.2, 0.4)], start=1):
+        searcher.on_trial_result("t2", {SELECTED_ON: first, "training_iteration": step})
+        searcher.on_trial_result("t0", {SELECTED_ON: 0.5, "training_iteration": step})  # the baseline: not Optuna's
+        searcher.on_trial_result("t3", {SELECTED_ON: second, "training_iteration": step})
+    for trial_id, score in zip(["t0", "t2", "t1", "t3"], [0.9, 0.2, 0.7, 0.4], strict=True):
         searcher.on_trial_complete(trial_id, {SELECTED_ON: score})
-    finished = optuna_search._ot_study.trials
-    assert len(finished) == 1 and finished[0].value == pytest.approx(0.3)  # the searched group's mean only
+    searched, baseline = sorted(optuna_search._ot_study.trials, key=lambda trial: BASELINE_ATTR in trial.user_attrs)
+    assert searched.value == pytest.approx(0.3)  # the searched group's mean
+    assert searched.intermediate_values == pytest.approx({1: 0.2, 2: 0.3})
+    assert baseline.value == pytest.approx(0.8) and baseline.params == {}
+    assert baseline.user_attrs[BASELINE_ATTR] == {"regularizers.gc": 0.0}
+    assert optuna_search._ot_study.best_trial.number == baseline.number  # as the report would say: it won
 
 
 ARMS = [{"align": 0.0}, {"align": 1.0}, {"align": 1.0, "gc": 0.5}, {"align": 1.0, "dfs": 0.5}]

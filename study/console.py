@@ -1,0 +1,77 @@
+"""What a running study says on the terminal and how it stops: Tune's progress table pointed at the
+results directory, and Ctrl-C / SIGTERM turned into Tune's own graceful stop.
+
+Ray Tune stops a run cleanly when its SIGINT handler (or, always, its SIGUSR1 handler) fires: its
+loop ends, the experiment state is saved one last time, the trial actors are stopped, and `Tuner.fit`
+returns. `StudyInterrupt` keeps that path but owns the signals (`TUNE_DISABLE_SIGINT_HANDLER=1`), so
+that SIGTERM takes it too, the study knows it was interrupted (Tune's `fit` returns as if it had
+finished), and the study's own resume line replaces Tune's `Tuner.restore(...)` hint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from ray import tune
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StudyInterrupt:
+    """First SIGINT/SIGTERM: stop the study gracefully (state saved, partial report); a second: at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.tuning = False  # True while Tuner.fit runs: only then is there a Tune loop to end gracefully
+
+    def install(self) -> None:
+        # Tune then installs only its SIGUSR1 handler, which this one calls
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._handle)
+        logging.getLogger("ray.tune.tune").addFilter(_drop_tune_stop_messages)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        """130 for SIGINT, 143 for SIGTERM: the shell's convention for a process ended by a signal."""
+        return 128 + (self.signum or signal.SIGINT)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None or not self.tuning:
+            self.signum = self.signum or signum
+            raise KeyboardInterrupt  # before or after the Tune loop, or a second signal: stop now
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name} received: stopping the study — trials are stopped, its state is "
+              "saved and a partial report written (send it again to stop at once)", file=sys.stderr, flush=True)
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if not callable(tune_stop):
+            raise KeyboardInterrupt
+        tune_stop(signal.SIGUSR1, frame)
+
+
+def _drop_tune_stop_messages(record: logging.LogRecord) -> bool:
+    """Tune's own stop notice and its `Tuner.restore(path=..., trainable=...)` hint: the study prints its own."""
+    message = record.getMessage()
+    return not (message.startswith("Stop signal received") or "Tuner.restore(" in message)
+
+
+class StudyReporter(tune.CLIReporter):
+    """Tune's progress table, with its `Result logdir` line naming the study's trials directory rather than
+    the driver's staging directory under /tmp/ray."""
+
+    def __init__(self, trials_dir: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.trials_dir = trials_dir
+
+    def _progress_str(self, trials: list, done: bool, *sys_info: str, fmt: str = "psql", delim: str = "\n") -> str:
+        text = super()._progress_str(trials, done, *sys_info, fmt=fmt, delim=delim)
+        return "\n".join(f"Result logdir: {self.trials_dir}" if line.startswith("Result logdir: ") else line
+                         for line in text.split("\n"))
