@@ -23,8 +23,34 @@ DOWNSTREAM_METRICS = (
     "kshot/k5",
     "kshot/k10",
     "vqa/accuracy",
+    "vqa/text_only_accuracy",
+    "vqa/image_margin",
     "nlvr/accuracy",
+    "nlvr/text_only_accuracy",
+    "nlvr/image_margin",
     "ve/accuracy",
+    "ve/text_only_accuracy",
+    "ve/image_margin",
+)
+
+# ALBEF's fused heads: each accuracy beside its text-only control (the same head fine-tuned and tested with
+# every image another example's) and the margin between the two, which is what the image adds.
+ALBEF_HEADS = ("vqa", "nlvr", "ve")
+ALBEF_HEAD_METRICS = tuple(
+    f"{head}/{name}" for head in ALBEF_HEADS for name in ("accuracy", "text_only_accuracy", "image_margin")
+)
+# ALBEF pre-training's end state: running ITC beside its chance value ln(B + Q), ITM accuracy beside its 2/3
+# prior, the cosine between online and momentum features (what GC / BB compare against: ALBEF's views), and
+# albef/trained (1/0): 0 marks a trial whose ITC is not below chance or whose ITM is at its prior, which a
+# report should list as "not trained" and leave out of comparisons.
+ALBEF_TRAINED_FLAG = "albef/trained"
+ALBEF_PRETRAINING_METRICS = (
+    "albef/itc_loss",
+    "albef/itc_chance",
+    "albef/itm_accuracy",
+    "albef/itm_prior_accuracy",
+    "albef/momentum_cosine",
+    ALBEF_TRAINED_FLAG,
 )
 
 # The latent-structure diagnostics: geometry of the embedding and what each modality keeps.
@@ -55,7 +81,8 @@ SHARED_CLASS_PROBE = "linear_probe/class/image"
 # direction (exact alignment is not the goal), so they are never marked best.
 _LOWER_IS_BETTER = ("structure/alignment", "structure/uniformity")
 _NO_DIRECTION = ("structure/modality_gap", "structure/pair_cosine", "train/lr", "train/logit_scale",
-                 "train/samples_per_s", "epoch", "step")
+                 "train/samples_per_s", "epoch", "step", "albef/itc_chance", "albef/itm_prior_accuracy",
+                 "albef/momentum_cosine", ALBEF_TRAINED_FLAG)
 
 _READABLE = {
     "retrieval/mean_recall": "retrieval mean recall",
@@ -68,6 +95,13 @@ _READABLE = {
     "structure/uniformity": "uniformity loss (lower = more uniform)",
     "structure/pair_cosine": "mean cosine of true pairs",
     "train/loss": "training loss",
+    **{f"{head}/text_only_accuracy": f"{head.upper()} accuracy of the text-only control" for head in ALBEF_HEADS},
+    **{f"{head}/image_margin": f"{head.upper()} accuracy minus its text-only control" for head in ALBEF_HEADS},
+    "albef/itc_loss": "ALBEF ITC loss at the end of pre-training",
+    "albef/itc_chance": "ITC chance value ln(B + Q)",
+    "albef/itm_accuracy": "ALBEF ITM accuracy at the end of pre-training",
+    "albef/momentum_cosine": "cosine between online and momentum features (the regularizers' views)",
+    ALBEF_TRAINED_FLAG: "pre-training linked images and texts (1) or not (0)",
 }
 
 

@@ -171,9 +171,9 @@ _EXACT_METRICS = {
     "structure": [
         "structure/modality_gap", "structure/alignment", "structure/uniformity", "structure/pair_cosine",
     ],
-    "vqa": ["vqa/accuracy"],
-    "nlvr": ["nlvr/accuracy"],
-    "ve": ["ve/accuracy"],
+    # ALBEF's heads, each beside its text-only control (images shuffled) and the margin between the two
+    **{task: [f"{task}/{name}" for name in ("accuracy", "text_only_accuracy", "image_margin")]
+       for task in ("vqa", "nlvr", "ve")},
 }
 _TRAINING_TERMS = ("contrastive", "gc", "bb", "dfs", "align", "inmodal", "itc", "itm", "mlm")
 TRAINING_METRICS = [

@@ -16,6 +16,10 @@ from trainers.config import RunConfig
 from trainers.family import Family
 
 EVAL_BATCH_SIZE = 256
+# A run counts as trained when its running ITC is this far below chance, ln(B + Q), and its ITM accuracy
+# this far above the 2/3 that answering "no match" to every pair gets
+ITC_BELOW_CHANCE = 0.1
+ITM_ABOVE_PRIOR = 0.01
 
 
 def build_module(cfg: RunConfig) -> AlbefPretraining:
@@ -70,6 +74,7 @@ def evaluate(module: AlbefPretraining, cfg: RunConfig, device: torch.device) -> 
             if "retrieval" in wanted and split.retrieval is not None:
                 recalls = retrieval_metrics(pretrained, inputs, split.retrieval, device)
                 metrics |= {f"{prefix}{name}": value for name, value in recalls.items()}
+    metrics |= pretraining_verdict(module)
     settings = FinetuneSettings(
         epochs=cfg.eval.finetune_epochs,
         batch_size=cfg.eval.finetune_batch_size,
@@ -78,18 +83,42 @@ def evaluate(module: AlbefPretraining, cfg: RunConfig, device: torch.device) -> 
     )
     preprocess = (inputs.images, inputs.texts)
     for name, (num_classes, train, test) in fused_task_examples(tasks, wanted).items():
-        classifier = finetune(pretrained, num_classes, train, settings, preprocess, device)
-        metrics[f"{name}/accuracy"] = accuracy(classifier, test, preprocess, device, settings.batch_size)
         validation = fused_task_examples(tasks.validation, {name}) if tasks.validation is not None else {}
-        if name in validation:
-            _, validation_train, held_out = validation[name]
-            if getattr(tasks.validation, name).train is not getattr(tasks, name).train:
-                # the validation set trains its own head only when its training part differs
-                classifier = finetune(pretrained, num_classes, validation_train, settings, preprocess, device)
-            metrics[f"{VALIDATION_PREFIX}{name}/accuracy"] = accuracy(
-                classifier, held_out, preprocess, device, settings.batch_size
+        # the text-only control: the same head fine-tuned and tested with every image another example's
+        for control, shuffle in (("accuracy", False), ("text_only_accuracy", True)):
+            def examples(split: FusedExamples, offset: int, shuffle=shuffle) -> FusedExamples:
+                return split.with_images_shuffled(settings.seed + offset) if shuffle else split
+
+            classifier = finetune(pretrained, num_classes, examples(train, 0), settings, preprocess, device)
+            metrics[f"{name}/{control}"] = accuracy(
+                classifier, examples(test, 1), preprocess, device, settings.batch_size
             )
+            if name in validation:
+                _, validation_train, held_out = validation[name]
+                if getattr(tasks.validation, name).train is not getattr(tasks, name).train:
+                    # the validation set trains its own head only when its training part differs
+                    classifier = finetune(
+                        pretrained, num_classes, examples(validation_train, 0), settings, preprocess, device
+                    )
+                metrics[f"{VALIDATION_PREFIX}{name}/{control}"] = accuracy(
+                    classifier, examples(held_out, 2), preprocess, device, settings.batch_size
+                )
+        for prefix in ("", VALIDATION_PREFIX):
+            if f"{prefix}{name}/text_only_accuracy" in metrics:
+                metrics[f"{prefix}{name}/image_margin"] = (
+                    metrics[f"{prefix}{name}/accuracy"] - metrics[f"{prefix}{name}/text_only_accuracy"]
+                )
     return metrics
+
+
+def pretraining_verdict(module: AlbefPretraining) -> dict[str, float]:
+    """albef/*: the running ITC (and its chance value), ITM accuracy (and its prior), the cosine between the
+    online and momentum features (the regularizers' views), and albef/trained, 1 when ITC is below chance and
+    ITM above its prior, else 0: a trial that learnt nothing linking images and texts, not to be compared."""
+    progress = module.training_progress()
+    trained = (progress["itc_loss"] < progress["itc_chance"] - ITC_BELOW_CHANCE
+               and progress["itm_accuracy"] > progress["itm_prior_accuracy"] + ITM_ABOVE_PRIOR)
+    return {f"albef/{name}": value for name, value in progress.items()} | {"albef/trained": float(trained)}
 
 
 def fused_task_examples(tasks, wanted: set[str]) -> dict[str, tuple[int, FusedExamples, FusedExamples]]:

@@ -7,6 +7,8 @@ momentum encoders' projected features (docs/regularizers.md, "Where the terms at
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,6 +22,10 @@ from trainers.regularizers import LatentStructureLoss
 
 TEMPERATURE_RANGE = (0.001, 0.5)
 INITIAL_TEMPERATURE = 0.07
+# Running means of the training signals the "trained" verdict reads (about the last 1 / (1 - decay) steps)
+PROGRESS_DECAY = 0.9
+# ITM's label prior: each positive pair comes with two hard negatives
+ITM_PRIOR_ACCURACY = 2.0 / 3.0
 
 
 class AlbefPretraining(TrainingModule):
@@ -37,6 +43,27 @@ class AlbefPretraining(TrainingModule):
         self.momentum = model_config.momentum
         self.distill_alpha = model_config.distill_alpha
         self.mlm_probability = model_config.mlm_probability
+        # ALBEF ramps the distillation weight alpha from 0 over the first epoch (Pretrain.py: alpha * min(1, i /
+        # len(loader))): the momentum model's similarities are noise until it has trained a while
+        self.alpha_ramp_steps = steps_per_epoch(cfg)
+        # ITC's value for features that tell nothing apart: uniform over the batch and the queue
+        self.itc_chance = math.log(cfg.train.batch_size + model_config.queue_size)
+        self.register_buffer("optimizer_steps", torch.zeros((), dtype=torch.long))
+        # running means on the device (no host sync per step): ITC, ITM accuracy, online-momentum cosine
+        self.register_buffer("progress", torch.tensor([self.itc_chance, ITM_PRIOR_ACCURACY, 1.0]))
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        """This step's distillation weight: distill_alpha * min(1, step / steps per epoch)."""
+        ramp = (self.optimizer_steps.float() / max(1, self.alpha_ramp_steps)).clamp(max=1.0)
+        return self.distill_alpha * ramp
+
+    def training_progress(self) -> dict[str, float]:
+        """Running means of the last steps: ITC (with its chance value), ITM accuracy (with its 2/3 prior), and
+        the cosine between the online and momentum features, which are the regularizers' augmented views."""
+        itc, itm_accuracy, momentum_cosine = self.progress.tolist()
+        return {"itc_loss": itc, "itc_chance": self.itc_chance, "itm_accuracy": itm_accuracy,
+                "itm_prior_accuracy": ITM_PRIOR_ACCURACY, "momentum_cosine": momentum_cosine}
 
     def forward(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         image, input_ids, attention_mask = batch["image"], batch["input_ids"], batch["attention_mask"]
@@ -64,6 +91,9 @@ class AlbefPretraining(TrainingModule):
             "mlm_loss": self._mlm_loss(input_ids, attention_mask, image_embeds),
         }
         losses.update(self._regularizer_losses(image_features, text_features, image_features_m, text_features_m))
+        if self.training:
+            self._track_progress(itc_loss, itm_accuracy, image_features, text_features, image_features_m,
+                                 text_features_m)
         temperature = float(self.temperature.detach())
         metrics = {"temperature": temperature, "logit_scale": 1.0 / temperature, "itm_accuracy": itm_accuracy}
         return losses, metrics
@@ -74,6 +104,19 @@ class AlbefPretraining(TrainingModule):
         with torch.no_grad():
             self.temperature.clamp_(*TEMPERATURE_RANGE)
         momentum_update(self.model.towers, self.towers_m, self.momentum)
+        self.optimizer_steps += 1
+
+    @torch.no_grad()
+    def _track_progress(self, itc_loss, itm_accuracy, image_features, text_features, image_features_m,
+                        text_features_m) -> None:
+        momentum_cosine = (
+            (image_features["shared"] * image_features_m["shared"]).sum(1).mean()
+            + (text_features["shared"] * text_features_m["shared"]).sum(1).mean()
+        ) / 2
+        device = self.progress.device
+        itm_accuracy = torch.as_tensor(itm_accuracy, device=device).float()
+        current = torch.stack([itc_loss.detach().float().to(device), itm_accuracy, momentum_cosine.float().to(device)])
+        self.progress.mul_(PROGRESS_DECAY).add_(current, alpha=1.0 - PROGRESS_DECAY)
 
     # ------------------------------------------------------------------ ITC
 
@@ -95,7 +138,8 @@ class AlbefPretraining(TrainingModule):
         return (loss_i2t + loss_t2i) / 2, sim_i2t, sim_t2i
 
     def _soft_targets(self, sim_m: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
-        return self.distill_alpha * F.softmax(sim_m.float(), dim=1) + (1 - self.distill_alpha) * one_hot
+        alpha = self.alpha
+        return alpha * F.softmax(sim_m.float(), dim=1) + (1 - alpha) * one_hot
 
     # ------------------------------------------------------------------ ITM
 
@@ -142,6 +186,23 @@ class AlbefPretraining(TrainingModule):
             }
         logit_scale = 1.0 / self.temperature
         return self.regularizer(image_features["shared"], text_features["shared"], logit_scale, **views)
+
+
+def steps_per_epoch(cfg: RunConfig) -> int:
+    """Optimizer steps in one epoch on one worker, from the configuration (the loader is not built here)."""
+    data, train = cfg.data, cfg.train
+    if data.dataset == "synthetic":
+        samples = data.train_size
+    elif data.dataset == "webdataset":
+        from trainers.data.pretrain import known_sample_count, shard_urls
+
+        samples = data.samples_per_epoch or known_sample_count(shard_urls(data.path)) or 0
+    else:  # an annotation file: its length
+        from trainers.data import build_pretrain_dataset
+
+        samples = len(build_pretrain_dataset(data, "train"))
+    per_step = train.batch_size * cfg.resources.num_workers * train.grad_accum_steps
+    return max(1, samples // per_step)
 
 
 def _sample_hard_negatives(similarity: torch.Tensor) -> torch.Tensor:

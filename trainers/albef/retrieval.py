@@ -1,5 +1,6 @@
 """ALBEF's retrieval procedure: an ITC similarity shortlist of the top k candidates per query,
-re-ranked by ITM score (ALBEF's Retrieval.py evaluation: score = ITM logit + ITC similarity)."""
+re-ranked by the ITM head's match logit (ALBEF's Retrieval.py evaluation). BLIP ranks the shortlist by
+ITM logit + ITC similarity instead; `add_itc_similarity=True` gives that variant."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ def rerank_scores(
     attention_mask: torch.Tensor,
     similarity: torch.Tensor,
     top_k: int = RERANK_TOP_K,
+    add_itc_similarity: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(i2t [N_img, N_txt], t2i [N_txt, N_img]) scores: the shortlisted pairs get ITM + ITC, the rest -inf.
+    """(i2t [N_img, N_txt], t2i [N_txt, N_img]) scores: the shortlisted pairs get their ITM match logit
+    (plus their ITC similarity when `add_itc_similarity`, BLIP's ranking), the rest -inf.
 
     image_embeds (N_img, P+1, H) and text_embeds (N_txt, T, H) are the unimodal encoder outputs,
     similarity (N_img, N_txt) their ITC similarities.
@@ -31,14 +34,14 @@ def rerank_scores(
         values, candidates = similarity[row].topk(min(top_k, similarity.shape[1]))
         images = image_embeds[row : row + 1].expand(len(candidates), -1, -1)
         itm = model.itm_logits(text_embeds[candidates], attention_mask[candidates], images)[:, 1]
-        i2t[row, candidates] = itm.float() + values
+        i2t[row, candidates] = itm.float() + (values if add_itc_similarity else 0.0)
     t2i = torch.full_like(similarity.T, -torch.inf)
     for column in range(similarity.shape[1]):
         values, candidates = similarity[:, column].topk(min(top_k, similarity.shape[0]))
         texts = text_embeds[column : column + 1].expand(len(candidates), -1, -1)
         masks = attention_mask[column : column + 1].expand(len(candidates), -1)
         itm = model.itm_logits(texts, masks, image_embeds[candidates])[:, 1]
-        t2i[column, candidates] = itm.float() + values
+        t2i[column, candidates] = itm.float() + (values if add_itc_similarity else 0.0)
     return i2t, t2i
 
 
