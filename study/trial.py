@@ -28,16 +28,16 @@ from study.search import seed_for_trial, trial_params
 from study.spec import StudySpec
 from trainers.config import RunConfig
 from trainers.data.images import InputDataError
-from trainers.loop import NonFiniteLossError, RunStopped
-from trainers.train import build_torch_trainer
+from trainers.loop import NonFiniteLossError
+from trainers.train import build_torch_trainer, fit_run
 
 EMBEDDINGS_FILE = "embeddings.npz"
 REPORTS_DIR = "reports"
 # A trial stopped by a failure that a retry would meet again leaves its reason here, so that Tune's
-# retries of it fail at once: file name and exception, by `RunStopped.kind`.
-STOPPED_MARKERS: dict[str, tuple[str, type[Exception]]] = {
-    "nonfinite_loss": ("nonfinite_loss.txt", NonFiniteLossError),
-    "bad_input": ("bad_input.txt", InputDataError),
+# retries of it fail at once: the failure and its marker file.
+STOPPED_MARKERS: dict[type[Exception], str] = {
+    NonFiniteLossError: "nonfinite_loss.txt",
+    InputDataError: "bad_input.txt",
 }
 
 
@@ -97,17 +97,18 @@ def run_trial(config: dict[str, Any], study: dict[str, Any], train_storage: str)
     cfg = spec.trial_run_config(params)
     context = tune.get_context()
     filesystem, trial_dir = trial_directory()
-    for marker_name, error in STOPPED_MARKERS.values():
+    for error, marker_name in STOPPED_MARKERS.items():
         if (reason := _read_text(filesystem, f"{trial_dir}/{marker_name}")) is not None:
             raise error(reason)  # Tune restarted a trial that would stop the same way again
-    if cfg.resources.trains_in_trial_process():
-        stopped, checkpoint = _train_in_trial_process(cfg)
-    else:
-        stopped, checkpoint = _train_on_worker_group(cfg, train_storage, train_run_name(context.get_trial_id()))
-    if stopped is not None:
-        marker_name, error = STOPPED_MARKERS[stopped.kind]
-        _write_atomic(filesystem, f"{trial_dir}/{marker_name}", stopped.message.encode())
-        raise error(stopped.message)
+    try:
+        if cfg.resources.trains_in_trial_process():
+            checkpoint = _train_in_trial_process(cfg)
+        else:
+            checkpoint = _train_on_worker_group(cfg, train_storage, train_run_name(context.get_trial_id()))
+    except (NonFiniteLossError, InputDataError) as exc:
+        reason = exc.reason if isinstance(exc, InputDataError) else str(exc)
+        _write_atomic(filesystem, f"{trial_dir}/{STOPPED_MARKERS[type(exc)]}", reason.encode())
+        raise
     if checkpoint is not None:
         import pyarrow.fs
 
@@ -144,20 +145,19 @@ def _write_atomic(filesystem, path: str, payload: bytes) -> None:
     filesystem.move(f"{path}.tmp", path)
 
 
-def _train_in_trial_process(cfg: RunConfig) -> tuple[RunStopped | None, Any]:
+def _train_in_trial_process(cfg: RunConfig) -> Any:
     import torch
 
-    from trainers.loop import train_loop_per_worker, tune_trial_session
+    from trainers.loop import run_training, tune_trial_session
 
     torch.set_num_threads(max(1, round(cfg.resources.cpus_per_worker)))  # a reused actor keeps the last value
-    stopped = train_loop_per_worker({"run": cfg.model_dump(mode="json")}, tune_trial_session())
-    return stopped, tune.get_checkpoint()  # the last checkpoint this trial reported
+    run_training({"run": cfg.model_dump(mode="json")}, tune_trial_session())
+    return tune.get_checkpoint()  # the last checkpoint this trial reported
 
 
-def _train_on_worker_group(cfg: RunConfig, train_storage: str, run_name: str) -> tuple[RunStopped | None, Any]:
+def _train_on_worker_group(cfg: RunConfig, train_storage: str, run_name: str) -> Any:
     previous = read_reports(train_storage, run_name)
     for metrics in previous:  # a restarted trial: Tune's result.json starts afresh, the Train run does not
         tune.report(metrics)
     callbacks = [report_log(train_storage, run_name, len(previous)), TuneReportCallback()]
-    result = build_torch_trainer(cfg, train_storage, run_name, callbacks=callbacks).fit()
-    return result.return_value, result.checkpoint
+    return fit_run(build_torch_trainer(cfg, train_storage, run_name, callbacks=callbacks)).checkpoint

@@ -37,46 +37,127 @@ from trainers.config import RunConfig, TrainConfig
 from trainers.data.images import InputDataError
 from trainers.family import TrainingModule, get_family, total_loss
 
+# Micro-steps between the host's reads of the run's health (finiteness, bad input, end of data): in
+# between, nothing in a step waits for the device or for another rank beyond DDP's own collectives.
+CHECK_EVERY_STEPS = 32
+
 
 class NonFiniteLossError(RuntimeError):
-    pass
+    """A loss term became NaN or inf: a retry from the last checkpoint would diverge the same way."""
 
 
 @dataclass(frozen=True)
 class RunStopped:
-    """Why the loop stopped early on a failure that a retry would meet again (`fit()`'s `return_value`):
-    the loop returns instead of raising, because Ray Train (2.60) retries every worker exception."""
+    """Why the loop stopped early on a failure that a retry would meet again, as `fit()`'s `return_value`:
+    Ray Train (2.60) retries every worker exception, so the exception crosses the worker group as this
+    value and `error()` raises it again on the other side (`trainers.train.fit_run`)."""
 
     kind: Literal["nonfinite_loss", "bad_input"]
     message: str
 
+    def error(self) -> Exception:
+        return NonFiniteLossError(self.message) if self.kind == "nonfinite_loss" else InputDataError(self.message)
 
-def agree(failure: str | None, ended: bool = False) -> tuple[str | None, bool]:
-    """All ranks learn whether any rank failed (and its message) and whether every rank's data has
-    ended, so that they stop or go on together: one rank alone stopping would leave the others
-    waiting in a collective. One small all-reduce; messages are gathered only on a failure."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return failure, ended
-    flags = torch.tensor([float(failure is not None), float(ended)])
-    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    if flags[0].item() == 0:
-        return None, bool(flags[1].item())  # as drop_last: the epoch ends with the shortest rank's data
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def agree(failure: str | None, device: torch.device) -> str | None:
+    """All ranks learn whether any rank failed, and one failing rank's message, so that they stop
+    together: one rank alone stopping would leave the others waiting in a collective."""
+    if not _distributed():
+        return failure
+    flag = torch.tensor([float(failure is not None)], device=device)  # on the device: NCCL reduces only those
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.tolist()[0] == 0:
+        return None
+    return _first_message(failure)
+
+
+def _first_message(message: str | None) -> str:
     messages: list[str | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(messages, failure)
-    return next(message for message in messages if message is not None), True
+    dist.all_gather_object(messages, message)
+    return next(message for message in messages if message is not None)
 
 
-def next_batch(batches) -> tuple[Any, str | None, bool]:
-    """(batch, bad-input message, ended) for the next batch, agreed among ranks."""
-    batch, failure, ended = None, None, False
-    try:
-        batch = next(batches)
-    except StopIteration:
-        ended = True
-    except InputDataError as exc:
-        failure = exc.reason
-    failure, any_ended = agree(failure, ended)
-    return batch, failure, any_ended
+class FinitenessWatch:
+    """Whether every step's loss was finite, kept on the device so that no step waits for the host. It
+    remembers the first non-finite step and its terms' values, for the message read at a check point."""
+
+    def __init__(self, device: torch.device):
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.values: dict[str, torch.Tensor] = {}
+
+    def observe(self, losses: dict[str, torch.Tensor], loss: torch.Tensor, step: int) -> None:
+        values = {"total": loss.detach(), **{key: value.detach() for key, value in losses.items()}}
+        first = ~torch.isfinite(values["total"]) & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(first, step, self.first_bad_step)
+        for key, value in values.items():
+            value = value.float()
+            self.values[key] = torch.where(first, value, self.values.get(key, value))
+
+    def message(self, epoch: int) -> str | None:
+        """Host read: the first non-finite step's message, or None."""
+        step = int(self.first_bad_step.tolist())
+        if step < 0:
+            return None
+        values = {key: value.tolist() for key, value in self.values.items()}
+        terms = ", ".join(f"{key} = {value:.4g}" for key, value in values.items()
+                          if key != "total" and not math.isfinite(value))
+        terms = terms or f"total = {values['total']:.4g}"
+        return f"non-finite loss at step {step} (epoch {epoch}): {terms}"
+
+
+class LockstepBatches:
+    """One epoch of this rank's batches, kept in step with the other ranks without a collective per batch.
+
+    A batch that cannot be read (bad input) or an early end of this rank's data is remembered, not acted
+    on: the rank goes on with a stand-in (its last good batch), so that it keeps meeting the other ranks
+    in DDP's collectives, until the next check point (`agree_at_check_point`), where all ranks learn of
+    it and stop together. The first micro-step of an epoch is always a check point, so a stand-in exists."""
+
+    def __init__(self, loader: DataLoader):
+        self.batches = iter(loader)
+        self.length = len(loader)
+        self.stand_in: Any = None
+        self.failure: str | None = None
+        self.ended = False
+
+    def next(self) -> Any:
+        if self.failure is None and not self.ended:
+            try:
+                self.stand_in = next(self.batches)
+            except StopIteration:
+                self.ended = True
+            except InputDataError as exc:
+                self.failure = exc.reason
+        return self.stand_in
+
+
+def agree_at_check_point(watch: FinitenessWatch, batches: LockstepBatches, epoch: int, first: bool,
+                         device: torch.device) -> bool:
+    """The one host read of a check point, agreed among ranks (one small all-reduce): raises
+    NonFiniteLossError or InputDataError if any rank met one, else returns whether the epoch ended
+    (as drop_last: it ends with the shortest rank's data). At an epoch's first check point the ranks
+    also agree on its length (the shortest), so that they meet at the same check points after it."""
+    flags = torch.stack([
+        (watch.first_bad_step >= 0).float(),
+        torch.tensor(float(batches.failure is not None), device=device),
+        torch.tensor(float(batches.ended), device=device),
+        torch.tensor(-float(batches.length), device=device),
+    ])
+    if _distributed():
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    nonfinite, bad_input, ended, negative_length = flags.tolist()
+    if first:
+        batches.length = int(-negative_length)
+    if nonfinite:
+        message = watch.message(epoch)
+        raise NonFiniteLossError(_first_message(message) if _distributed() else message)
+    if bad_input:
+        raise InputDataError(_first_message(batches.failure) if _distributed() else batches.failure)
+    return bool(ended)
 
 
 def seed_everything(seed: int) -> None:
@@ -136,17 +217,6 @@ def autocast_context(cfg: RunConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
 
-def check_finite(losses: dict[str, torch.Tensor], loss: torch.Tensor, step: int, epoch: int) -> str | None:
-    """All ranks agree (one all-reduce) so they stop together; returns the message, or None."""
-    bad = (~torch.isfinite(loss.detach())).float()
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-    if bad.item() == 0:
-        return None
-    terms = ", ".join(f"{k} = {v.item():.4g}" for k, v in losses.items() if not torch.isfinite(v).all())
-    return f"non-finite loss at step {step} (epoch {epoch}): {terms or f'total = {loss.item():.4g}'}"
-
-
 def quiet_ray_train_logs() -> None:
     """Ray Train logs every report's full metrics dict (and Tune every checkpoint's path) at INFO;
     the progress table says enough."""
@@ -199,13 +269,25 @@ def tune_trial_session() -> WorkerSession:
                          report=report, get_checkpoint=tune.get_checkpoint)
 
 
-def train_loop_per_worker(loop_config: dict[str, Any], session: WorkerSession | None = None) -> str | None:
-    """Ray Train entry point. `loop_config["run"]` is a RunConfig as JSON; it is validated here.
+def train_loop_per_worker(loop_config: dict[str, Any], session: WorkerSession | None = None) -> RunStopped | None:
+    """Ray Train entry point: `run_training`, with the failures a retry would meet again returned as a
+    `RunStopped` instead of raised, because Ray Train retries every exception a worker raises."""
+    try:
+        run_training(loop_config, session or ray_train_session())
+    except NonFiniteLossError as exc:
+        return RunStopped("nonfinite_loss", str(exc))
+    except InputDataError as exc:
+        return RunStopped("bad_input", exc.reason)
+    return None
 
-    Returns None, or why the run stopped early (`RunStopped`: a non-finite loss, bad input data)."""
+
+def run_training(loop_config: dict[str, Any], session: WorkerSession) -> None:
+    """The loop. `loop_config["run"]` is a RunConfig as JSON; it is validated here. Raises
+    NonFiniteLossError (a loss term became NaN or inf) or InputDataError (data that cannot be read),
+    on every rank at once; `loop_config["check_every_steps"]` overrides CHECK_EVERY_STEPS."""
     cfg = RunConfig.model_validate(loop_config["run"])
+    check_every = loop_config.get("check_every_steps", CHECK_EVERY_STEPS)
     quiet_ray_train_logs()
-    session = session or ray_train_session()
     rank, world_size, device = session.rank, session.world_size, session.device
     family = get_family(cfg.model.family)
 
@@ -220,15 +302,15 @@ def train_loop_per_worker(loop_config: dict[str, Any], session: WorkerSession | 
     checkpoint = session.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state = load_training_state(Path(directory), cfg, rank)
-        module.load_state_dict(state["module"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, step = state["epoch"] + 1, state["step"]
+            restored = load_training_state(Path(directory), cfg, rank)
+        module.load_state_dict(restored["module"])
+        optimizer.load_state_dict(restored["optimizer"])
+        scheduler.load_state_dict(restored["scheduler"])
+        start_epoch, step = restored["epoch"] + 1, restored["step"]
     seed_everything(cfg.train.seed * 1000 + rank + start_epoch * 7919)
-    if checkpoint is not None and "rng" in state:
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
+    if checkpoint is not None and "rng" in restored:
+        torch.set_rng_state(restored["rng"]["torch"])
+        random.setstate(restored["rng"]["python"])
 
     model = session.prepare_model(module)
     core: TrainingModule = model.module if hasattr(model, "module") else model
@@ -236,6 +318,7 @@ def train_loop_per_worker(loop_config: dict[str, Any], session: WorkerSession | 
         model = torch.compile(model)
     writer = _tensorboard_writer(loop_config.get("tensorboard_dir"), rank)
     progress = _progress_bar(loop_config.get("show_progress", False), rank, cfg, steps_per_epoch, start_epoch)
+    watch = FinitenessWatch(device)
 
     for epoch in range(start_epoch, cfg.train.epochs):
         if sampler is not None:
@@ -245,14 +328,20 @@ def train_loop_per_worker(loop_config: dict[str, Any], session: WorkerSession | 
         model.train()
         # accumulated on the device: no host sync per term per step
         sums: dict[str, torch.Tensor | float] = defaultdict(float)
-        num_batches, num_samples, started = 0, 0, time.perf_counter()
-        batches = iter(loader)
+        num_batches, num_samples, started, shown = 0, 0, time.perf_counter(), 0
+        batches = LockstepBatches(loader)
+        loss = None
         for micro_step in count():
-            batch, bad_input, ended = next_batch(batches)
-            if bad_input is not None:
-                return RunStopped("bad_input", bad_input)
-            if ended:
-                break
+            batch = batches.next()
+            if micro_step % check_every == 0 or micro_step >= batches.length:  # the epoch's last, too
+                ended = agree_at_check_point(watch, batches, epoch, micro_step == 0, device)
+                if progress is not None and loss is not None:  # the device is idle here: this read is free
+                    rate = num_samples / (time.perf_counter() - started)
+                    progress.update(micro_step - shown)
+                    progress.set_description(f"epoch {epoch} loss {loss.item():.3f} {rate:.0f} samples/s")
+                    shown = micro_step
+                if ended:
+                    break
             batch = to_device(batch, device)
             last_micro = (micro_step + 1) % cfg.train.grad_accum_steps == 0
             sync = nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
@@ -260,10 +349,7 @@ def train_loop_per_worker(loop_config: dict[str, Any], session: WorkerSession | 
                 with autocast_context(cfg, device):
                     losses, metrics = model(batch)
                 loss = total_loss(losses)
-                failure = check_finite(losses, loss, step, epoch)
-                if failure is not None:
-                    # Stop without raising: a retry from the checkpoint would fail again the same way.
-                    return RunStopped("nonfinite_loss", failure)
+                watch.observe(losses, loss, step)
                 (loss / cfg.train.grad_accum_steps).backward()
             if last_micro:
                 if cfg.train.grad_clip_norm is not None:
@@ -280,10 +366,6 @@ def train_loop_per_worker(loop_config: dict[str, Any], session: WorkerSession | 
                 sums[f"train/{key}"] += value.detach()
             for key, value in metrics.items():
                 sums[f"train/{key}"] += value.detach() if isinstance(value, torch.Tensor) else float(value)
-            if progress is not None and micro_step % 10 == 0:  # loss.item() syncs: not every step
-                rate = num_samples / (time.perf_counter() - started)
-                progress.update(10)
-                progress.set_description(f"epoch {epoch} loss {loss.item():.3f} {rate:.0f} samples/s")
             if cfg.train.report_every_steps and last_micro and step % cfg.train.report_every_steps == 0:
                 session.report({"epoch": epoch, "step": step, "train/loss": loss.item()})
         elapsed = time.perf_counter() - started
@@ -302,23 +384,22 @@ def train_loop_per_worker(loop_config: dict[str, Any], session: WorkerSession | 
                 epoch_metrics |= family.evaluate(core, cfg, device)
         except InputDataError as exc:  # an evaluation image; the other ranks wait for rank 0 below
             bad_input = exc.reason
-        if (bad_input := agree(bad_input)[0]) is not None:
-            return RunStopped("bad_input", bad_input)
+        if (bad_input := agree(bad_input, device)) is not None:
+            raise InputDataError(bad_input)
         if writer is not None:
             for key, value in epoch_metrics.items():
                 writer.add_scalar(key, value, step)
             writer.flush()
         with tempfile.TemporaryDirectory() as directory:
-            state = {"module": core.state_dict(), "optimizer": optimizer.state_dict(),
+            saved = {"module": core.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step}
             rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-            save_training_state(Path(directory), cfg, rank, state if rank == 0 else None, rng)
+            save_training_state(Path(directory), cfg, rank, saved if rank == 0 else None, rng)
             if rank == 0 and last_epoch and family.embedding_sample is not None:
                 np.savez(Path(directory) / "embeddings.npz", **family.embedding_sample(core, cfg, device))
             session.report(epoch_metrics, directory, f"checkpoint_epoch_{epoch:04d}")
     if progress is not None:
         progress.close()
-    return None
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

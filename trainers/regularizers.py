@@ -232,7 +232,10 @@ def feature_separation_loss(
     """
     fn_name = "feature_separation_loss"
     _check_features(fn_name, v=v, t=t, u=u, w=w, u_aug=u_aug, w_aug=w_aug)
-    if not torch.compiler.is_compiling() and not float(temperature) > 0:
+    # A tensor temperature is read on the host only where the features are checked too (not inside
+    # LatentStructureLoss, whose temperature is 1/exp(log scale) or a validated number): no sync per step.
+    checked = isinstance(temperature, float | int) or (_finite_check.get() and not torch.compiler.is_compiling())
+    if checked and not float(temperature) > 0:
         raise ValueError(f"{fn_name}: temperature={float(temperature)} must be > 0")
     with _full_precision(v):
         v, t, u, w, u_aug, w_aug = map(_wide, (v, t, u, w, u_aug, w_aug))

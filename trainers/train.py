@@ -28,8 +28,7 @@ def build_torch_trainer(
     callbacks: list[Any] = (),
     loop_options: dict[str, Any] | None = None,
 ):
-    """The TorchTrainer for one run; a trial of a study and `trainers.train` both use it.
-    `fit()`'s `return_value` is the loop's: None, or a `RunStopped` (a non-finite loss, bad input data)."""
+    """The TorchTrainer for one run; a trial of a study and `trainers.train` both use it through `fit_run`."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -52,6 +51,15 @@ def build_torch_trainer(
             callbacks=list(callbacks),
         ),
     )
+
+
+def fit_run(trainer):
+    """`trainer.fit()`, raising what stopped the loop early (NonFiniteLossError, InputDataError), which
+    crosses Ray Train's worker group as a returned `RunStopped` because Ray retries raised exceptions."""
+    result = trainer.fit()
+    if result.return_value is not None:
+        raise result.return_value.error()
+    return result
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -133,21 +141,25 @@ def main(argv: list[str] | None = None) -> int:
             "tensorboard_dir": str(Path(storage) / cfg.name / "tensorboard") if "://" not in storage else None,
         },
     )
+    from trainers.data.images import InputDataError
+    from trainers.loop import NonFiniteLossError
+
     try:
-        result = trainer.fit()
+        result = fit_run(trainer)
+    except NonFiniteLossError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except InputDataError as exc:  # found by a worker while reading
+        print(f"error: {exc.reason}", file=sys.stderr)
+        return 2
     except Exception as exc:  # Ray wraps worker errors; show the cause in one line
         if args.debug:
             raise
         if (cause := input_error_of(exc)) is not None:
-            from trainers.data.images import InputDataError
-
             print(f"error: {InputDataError(str(cause)).reason}", file=sys.stderr)
             return 2
         print(f"error: training failed: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
         return 1
-    if result.return_value is not None:  # the loop stopped: bad input data (2) or a non-finite loss (1)
-        print(f"error: {result.return_value.message}", file=sys.stderr)
-        return 2 if result.return_value.kind == "bad_input" else 1
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float | str)}
     out = Path(storage) / cfg.name / "metrics.json" if "://" not in storage else Path("metrics.json")
     out.parent.mkdir(parents=True, exist_ok=True)
