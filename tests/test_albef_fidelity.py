@@ -102,3 +102,34 @@ def test_text_only_control_keeps_texts_and_labels_and_moves_images():
     assert all(m > 10 for m in moved)
     assert sorted(shuffled.images[0][:, 0, 0, 0].tolist()) == list(range(20))  # a permutation
     assert not torch.equal(shuffled.images[0], shuffled.images[1])  # each slot its own permutation
+
+
+def _mlm_loss_with_momentum_model_perturbed(module, batch, perturb: bool) -> float:
+    if perturb:
+        with torch.no_grad():
+            for parameter in [*module.model_m.fusion.parameters(), *module.model_m.mlm_head.parameters()]:
+                parameter.add_(0.5 * torch.randn_like(parameter))
+    with torch.no_grad():
+        image_embeds = module.model.towers.encode_image(batch["image"])
+        image_embeds_m = module.towers_m.encode_image(batch["image"])
+        torch.manual_seed(1)  # the same masked tokens every call
+        return float(module._mlm_loss(batch["input_ids"], batch["attention_mask"], image_embeds, image_embeds_m))
+
+
+def test_mlm_distils_from_the_momentum_fusion_and_mlm_head():
+    torch.manual_seed(0)
+    cfg = tiny_run()
+    batch = ALBEF_FAMILY.build_collate(cfg)([ALBEF_FAMILY.build_train_dataset(cfg)[i] for i in range(8)])
+    module = ALBEF_FAMILY.build_module(cfg).eval()
+    with torch.no_grad():  # confident online predictions: against near-uniform ones every target scores the same
+        for parameter in module.model.mlm_head.parameters():
+            parameter.add_(0.5 * torch.randn_like(parameter))
+    # the momentum model holds the fusion layers and the MLM head too, and follows them by EMA
+    assert {"fusion", "mlm_head", "itm_head"} <= dict(module.model_m.named_children()).keys()
+    assert all(not p.requires_grad for p in module.model_m.parameters())
+    # alpha is 0 at step 0: the momentum model's predictions do not enter the loss yet
+    plain = _mlm_loss_with_momentum_model_perturbed(module, batch, perturb=False)
+    assert _mlm_loss_with_momentum_model_perturbed(module, batch, perturb=True) == pytest.approx(plain)
+    module.optimizer_steps.fill_(steps_per_epoch(cfg))  # alpha at full weight: they do
+    distilled = _mlm_loss_with_momentum_model_perturbed(module, batch, perturb=False)
+    assert abs(_mlm_loss_with_momentum_model_perturbed(module, batch, perturb=True) - distilled) > 1e-3

@@ -215,4 +215,4 @@ def test_every_trainable_parameter_gets_a_gradient(regularizers):
     total_loss(losses).backward()
     missing = [name for name, p in module.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, missing
-    assert all(p.grad is None for p in module.towers_m.parameters())
+    assert all(p.grad is None for p in module.model_m.parameters())

@@ -1,8 +1,10 @@
 """ALBEF's pre-training objective (ITC with momentum distillation, ITM with hard negatives, MLM)
 plus the paper's latent-structure regularizers on the unimodal projected [CLS] features.
 
-Follows salesforce/ALBEF models/model_pretrain.py; the regularizers' augmented views are the
-momentum encoders' projected features (docs/regularizers.md, "Where the terms attach").
+Follows salesforce/ALBEF models/model_pretrain.py: the momentum model is a copy of the whole model
+(encoders, fusion layers, MLM head), whose similarities distil into ITC and whose masked-token
+predictions distil into MLM. The regularizers' augmented views are the momentum encoders' projected
+features (docs/regularizers.md, "Where the terms attach").
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class AlbefPretraining(TrainingModule):
         model_config = cfg.model
         with_dfs = cfg.regularizers.dfs > 0
         self.model = AlbefModel(model_config, cfg.data.image_size, tokens.vocab_size, with_dfs)
-        self.towers_m = momentum_copy(self.model.towers)
+        self.model_m = momentum_copy(self.model)
         self.image_queue = FeatureQueue(model_config.queue_size, model_config.embed_dim)
         self.text_queue = FeatureQueue(model_config.queue_size, model_config.embed_dim)
         self.temperature = nn.Parameter(torch.tensor(INITIAL_TEMPERATURE))
@@ -53,6 +55,11 @@ class AlbefPretraining(TrainingModule):
         self.register_buffer("progress", torch.tensor([self.itc_chance, ITM_PRIOR_ACCURACY, 1.0]))
 
     @property
+    def towers_m(self) -> nn.Module:
+        """The momentum encoders and projections (the ITC targets, the queue's and the regularizers' views)."""
+        return self.model_m.towers
+
+    @property
     def alpha(self) -> torch.Tensor:
         """This step's distillation weight: distill_alpha * min(1, step / steps per epoch)."""
         ramp = (self.optimizer_steps.float() / max(1, self.alpha_ramp_steps)).clamp(max=1.0)
@@ -65,7 +72,7 @@ class AlbefPretraining(TrainingModule):
         return {"itc_loss": itc, "itc_chance": self.itc_chance, "itm_accuracy": itm_accuracy,
                 "itm_prior_accuracy": ITM_PRIOR_ACCURACY, "momentum_cosine": momentum_cosine}
 
-    def forward(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def forward(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         image, input_ids, attention_mask = batch["image"], batch["input_ids"], batch["attention_mask"]
         towers = self.model.towers
         image_embeds = towers.encode_image(image)
@@ -73,7 +80,8 @@ class AlbefPretraining(TrainingModule):
         image_features = towers.image_features(image_embeds)
         text_features = towers.text_features(text_embeds)
         with torch.no_grad():
-            image_features_m = self.towers_m.image_features(self.towers_m.encode_image(image))
+            image_embeds_m = self.towers_m.encode_image(image)
+            image_features_m = self.towers_m.image_features(image_embeds_m)
             text_features_m = self.towers_m.text_features(self.towers_m.encode_text(input_ids, attention_mask))
 
         itc_loss, sim_i2t, sim_t2i = self._itc_loss(
@@ -88,13 +96,13 @@ class AlbefPretraining(TrainingModule):
         losses = {
             "itc_loss": itc_loss,
             "itm_loss": itm_loss,
-            "mlm_loss": self._mlm_loss(input_ids, attention_mask, image_embeds),
+            "mlm_loss": self._mlm_loss(input_ids, attention_mask, image_embeds, image_embeds_m),
         }
         losses.update(self._regularizer_losses(image_features, text_features, image_features_m, text_features_m))
         if self.training:
             self._track_progress(itc_loss, itm_accuracy, image_features, text_features, image_features_m,
                                  text_features_m)
-        temperature = self.temperature.detach()  # metrics stay on the device: the loop reads them per epoch
+        temperature = float(self.temperature.detach())
         metrics = {"temperature": temperature, "logit_scale": 1.0 / temperature, "itm_accuracy": itm_accuracy}
         return losses, metrics
 
@@ -103,7 +111,7 @@ class AlbefPretraining(TrainingModule):
         # momentum encoders once per optimizer step; the first forward sees identical copies either way.
         with torch.no_grad():
             self.temperature.clamp_(*TEMPERATURE_RANGE)
-        momentum_update(self.model.towers, self.towers_m, self.momentum)
+        momentum_update(self.model, self.model_m, self.momentum)
         self.optimizer_steps += 1
 
     @torch.no_grad()
@@ -159,18 +167,28 @@ class AlbefPretraining(TrainingModule):
         logits = self.model.itm_logits(text_all, mask_all, image_all)  # (3B, 2)
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         labels[:batch_size] = 1
-        accuracy = (logits.argmax(1) == labels).float().mean()
+        accuracy = float((logits.argmax(1) == labels).float().mean())
         return F.cross_entropy(logits.float(), labels), accuracy
 
     # ------------------------------------------------------------------ MLM
 
-    def _mlm_loss(self, input_ids, attention_mask, image_embeds):
+    def _mlm_loss(self, input_ids, attention_mask, image_embeds, image_embeds_m):
+        """(1 - alpha) * cross-entropy + alpha * cross-entropy against the momentum model's predicted token
+        distribution, over the masked tokens (ALBEF's MLM distillation)."""
         masked_ids, labels = mask_tokens(input_ids, self.tokens, self.mlm_probability)
         text_embeds = self.model.towers.encode_text(masked_ids, attention_mask)
-        logits = self.model.mlm_head(self.model.fuse(text_embeds, attention_mask, image_embeds))  # (B, T, V)
-        total = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
+        logits = self.model.mlm_head(self.model.fuse(text_embeds, attention_mask, image_embeds)).float()  # (B, T, V)
+        chosen = labels != -100
         # A batch where no token was drawn contributes 0 rather than 0/0.
-        return total / (labels != -100).sum().clamp(min=1)
+        count = chosen.sum().clamp(min=1)
+        hard = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum") / count
+        with torch.no_grad():
+            model_m = self.model_m
+            text_embeds_m = model_m.towers.encode_text(masked_ids, attention_mask)
+            soft = F.softmax(model_m.mlm_head(model_m.fuse(text_embeds_m, attention_mask, image_embeds_m)).float(), -1)
+        distill = -(F.log_softmax(logits, dim=-1) * soft).sum(-1)[chosen].sum() / count
+        alpha = self.alpha
+        return (1 - alpha) * hard + alpha * distill
 
     # ------------------------------------------------------------------ regularizers
 
