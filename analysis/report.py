@@ -77,6 +77,7 @@ class ReportWriter:
     out_dir: Path
     formats: tuple[str, ...]
     sections: list[Section] = field(default_factory=list)
+    answer: Answer | None = None  # the study's answer, once build_sections has found it
 
     def ablation(self, section: Section, table: AblationTable, stem: str) -> None:
         write_atomic(self.out_dir / "tables" / f"{stem}.csv", table.to_csv())
@@ -90,7 +91,10 @@ class ReportWriter:
             latex = frame.style.format(precision=2, na_rep="–").format_index(escape="latex", axis=0) \
                 .format_index(escape="latex", axis=1).to_latex(hrules=True, caption=title, label=f"tab:{stem}")
             write_atomic(self.out_dir / "tables" / f"{stem}.tex", latex)
-        section.tables.append(TableBlock(title, _frame_markdown(frame), frame.to_html(na_rep="–", float_format="%.2f")))
+        # a named index becomes the first column: one header row instead of pandas' two
+        shown = frame.reset_index() if frame.index.name is not None else frame
+        section.tables.append(TableBlock(title, _frame_markdown(frame), shown.to_html(
+            na_rep="–", float_format="%.2f", index=frame.index.name is None)))
 
     def figure(self, section: Section, title: str, figure, stem: str) -> None:
         paths = plots.save_figure(figure, self.out_dir / "figures", stem)
@@ -389,7 +393,7 @@ def build_sections(study: Study, trials: pd.DataFrame, writer: ReportWriter,
     checks = study_checks(study, trials)
     info_gap = analyse_info_gap(trials, study) if is_info_gap_study(search.searched_keys) else None
     preregistered = info_gap if info_gap is not None and info_gap.preregistered else None
-    answer = _answer(study, trials, not_testable(checks), preregistered)
+    answer = writer.answer = _answer(study, trials, not_testable(checks), preregistered)
     selected = answer.selection.config
     rank_metric = validation_name(search.metric) if validation_name(search.metric) in trials else search.metric
     downstream = ablation_table(trials, downstream_metrics(trials.columns, search.metric), "Downstream metrics",
@@ -476,13 +480,6 @@ def render_markdown(title: str, sections: list[Section], out_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def study_answer_of(results_dir: str | Path) -> Answer:
-    """The study's answer as the report's call-out states it (for the end of `study.run`)."""
-    trials = load(results_dir)
-    study: Study = trials.attrs["study"]
-    return _answer(study, trials, not_testable(study_checks(study, trials)), None)
-
-
 def _answer(study: Study, trials: pd.DataFrame, untestable: str | None,
             preregistered: InfoGapAnalysis | None) -> Answer:
     search = study.search
@@ -494,6 +491,13 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
                  formats: tuple[str, ...] | list[str] = FORMATS, interrupted: str | None = None) -> Path:
     """Write the report of the study in `results_dir`; returns report.html (or report.md without html).
     `interrupted` (the study's interrupted line) marks the report partial and says how to resume."""
+    return write_report_and_answer(results_dir, out_dir, formats, interrupted)[0]
+
+
+def write_report_and_answer(results_dir: str | Path, out_dir: str | Path | None = None,
+                            formats: tuple[str, ...] | list[str] = FORMATS,
+                            interrupted: str | None = None) -> tuple[Path, Answer]:
+    """`write_report`, also returning the answer its call-out states (what `study.run` prints at the end)."""
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"--formats: unknown format(s) {', '.join(unknown)} (choose from {', '.join(FORMATS)})")
@@ -508,7 +512,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
         written = write_atomic(out_dir / "report.md", render_markdown(title, sections, out_dir))
     if "html" in formats:
         written = write_atomic(out_dir / "report.html", render_html(title, sections))
-    return written
+    return written, writer.answer
 
 
 def main(argv: list[str] | None = None) -> int:

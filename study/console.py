@@ -10,6 +10,7 @@ finished), and the study's own resume line replaces Tune's `Tuner.restore(...)` 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -34,6 +35,17 @@ class StudyInterrupt:
         for signum in STOP_SIGNALS:
             signal.signal(signum, self._handle)
         logging.getLogger("ray.tune.tune").addFilter(_drop_tune_stop_messages)
+
+    @contextlib.contextmanager
+    def shielding_ray(self):
+        """Start Ray's local processes (GCS, raylet, and the workers they spawn) with SIGTERM blocked, as Ray
+        itself blocks SIGINT for them: a SIGTERM to the whole process group (a scheduler's, `kill -TERM -PGID`)
+        then reaches only this driver, which stops the study gracefully instead of losing Ray under it."""
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     @property
     def interrupted(self) -> bool:

@@ -181,11 +181,10 @@ def resume_command(argv: list[str], results: str) -> str:
 def finish_report(spec: StudySpec, results: str, interrupted: str | None) -> list[str]:
     """Write the report (marked partial when interrupted) and return the end-of-run lines: the best
     configuration with its values, its metric against the baseline, the verdict, and the report's path."""
-    from analysis.report import study_answer_of, write_report
+    from analysis.report import write_report_and_answer
 
-    report = write_report(local_path(results), interrupted=interrupted)
-    lines = study_answer_of(local_path(results)).lines()
-    return [*lines, f"report: {report}"]
+    report, answer = write_report_and_answer(local_path(results), interrupted=interrupted)
+    return [*answer.lines(), f"report: {report}"]
 
 
 # --------------------------------------------------------------------------- main
@@ -244,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     interrupt = StudyInterrupt()
     try:
-        init_ray(args.address)
+        with interrupt.shielding_ray():
+            init_ray(args.address)
         interrupt.install()  # after ray.init, which installs a SIGTERM handler of its own
         if (url := optuna_url(results)) and spec.search.method == "optuna":
             print(f"Optuna dashboard: optuna-dashboard {url}", flush=True)
@@ -286,5 +286,21 @@ def interrupted_line(finished: int | None, total: int, argv: list[str], results:
     return f"interrupted:{done} — resume with: {resume_command(argv, results)}"
 
 
+def exit_now(code: int) -> None:
+    """Shut Ray down and exit without the interpreter's finalization, which waits several more seconds on
+    Ray's native threads (measured: 7 s after `ray.shutdown()` for a one-trial Tune run) with nothing left
+    to save: the study's files are written and flushed, Tune's experiment state included."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -8,7 +8,6 @@ cluster with --address. The grid study with a diverging cell lives in test_relia
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -123,11 +122,26 @@ def test_optuna_study_end_to_end_with_a_file_uri(tmp_path: Path, start_study):
             finals[params["train.seed"]] = result_rows(trial)[-1]["val/zeroshot/synthetic_shapes/top1"]
     assert sorted(finals) == [0, 1]
 
-    # Optuna sees one configuration whose value is the mean over the two seeds, on validation data.
-    with sqlite3.connect(results / "optuna.db") as db:
-        rows = db.execute("SELECT t.state, v.value FROM trials t JOIN trial_values v USING (trial_id)").fetchall()
-    assert len(rows) == 1 and rows[0][0] == "COMPLETE"
-    assert rows[0][1] == pytest.approx(sum(finals.values()) / 2)
+    # Optuna sees one configuration whose value is the mean over the two seeds, on validation data, with
+    # that mean per epoch as its intermediate values; and the baseline's mean, recorded as a trial of its own.
+    import optuna
+
+    from study.search import BASELINE_ATTR
+
+    trials_seen = optuna.load_study(study_name="gc", storage=f"sqlite:///{results / 'optuna.db'}").trials
+    assert [trial.state.name for trial in trials_seen] == ["COMPLETE", "COMPLETE"]
+    (baseline,) = [trial for trial in trials_seen if BASELINE_ATTR in trial.user_attrs]
+    (searched,) = [trial for trial in trials_seen if BASELINE_ATTR not in trial.user_attrs]
+    assert searched.value == pytest.approx(sum(finals.values()) / 2)
+    assert sorted(searched.intermediate_values) == [1, 2]
+    assert searched.intermediate_values[2] == pytest.approx(searched.value)
+    assert baseline.user_attrs[BASELINE_ATTR] == {"regularizers.gc": 0.0} and baseline.params == {}
+    # the end of the run: the best configuration (on validation, as the report selects it) with its values
+    best = next(line for line in output.splitlines() if line.startswith("best configuration (selected on val/"))
+    frame_best = "baseline" if baseline.value >= searched.value else "GC="
+    assert frame_best in best or (frame_best == "GC=" and "+GC" in best), best
+    assert f"optuna-dashboard sqlite:///{results}/optuna.db" in output
+    print("\n".join(output.splitlines()[-8:]))
 
     assert (results / "report" / "report.html").stat().st_size > 0
     from analysis.loading import load
