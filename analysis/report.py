@@ -520,11 +520,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results_dir", help="a study's results directory (holds study.yaml and trials/)")
     parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated: html,md,tex")
     parser.add_argument("--out", default=None, help="output directory (default RESULTS_DIR/report)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     formats = tuple(item.strip() for item in args.formats.split(",") if item.strip())
     try:
         path = write_report(args.results_dir, args.out, formats)
     except (ValueError, ConfigError) as exc:
+        if args.debug:
+            raise
         print(f"analysis.report: {html.unescape(str(exc))}", file=sys.stderr)
         return 2
     print(path)

@@ -24,7 +24,7 @@ from typing import Any
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from study.search import seed_for_trial, trial_params
+from study.search import seed_for_trial, trial_name, trial_params
 from study.spec import StudySpec
 from trainers.config import RunConfig
 from trainers.data.images import InputDataError
@@ -86,10 +86,6 @@ def report_log(train_storage: str, run_name: str, num_existing: int):
     return ReportLog()
 
 
-def train_run_name(trial_id: str) -> str:
-    return f"trial_{trial_id}"
-
-
 def run_trial(config: dict[str, Any], study: dict[str, Any], train_storage: str) -> None:
     """Tune function trainable; `study` is the resolved study (validated again here, on the worker)."""
     spec = StudySpec.model_validate(study)
@@ -104,7 +100,7 @@ def run_trial(config: dict[str, Any], study: dict[str, Any], train_storage: str)
         if cfg.resources.trains_in_trial_process():
             checkpoint = _train_in_trial_process(cfg)
         else:
-            checkpoint = _train_on_worker_group(cfg, train_storage, train_run_name(context.get_trial_id()))
+            checkpoint = _train_on_worker_group(cfg, train_storage, trial_name(context.get_trial_id()))
     except (NonFiniteLossError, InputDataError) as exc:
         reason = exc.reason if isinstance(exc, InputDataError) else str(exc)
         _write_atomic(filesystem, f"{trial_dir}/{STOPPED_MARKERS[type(exc)]}", reason.encode())
