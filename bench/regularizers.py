@@ -11,9 +11,11 @@ On CUDA the extra peak memory over the inputs is printed too.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -104,13 +106,15 @@ def peak_extra_memory_mib(fn: Callable[[Features], torch.Tensor], features: Feat
 
 def run(
     device: torch.device, sizes: list[int], dim: int, repeats: int, compile_losses: bool, clock: Clock
-) -> None:
+) -> list[dict]:
+    """Prints the table; returns its rows (device, N, term, ms, ratio to ClipLoss, extra MiB)."""
     clock_name = "CPU seconds" if clock is time.process_time else "wall"
     print(f"\n{device.type.upper()}  D={dim}  threads={torch.get_num_threads()}  compile={compile_losses}  "
           f"{clock_name}, median of {repeats}  (forward + backward, ms; ratio to ClipLoss at the same N)")
     header = f"{'term':<20}" + "".join(f"{'N=' + str(n):>26}" for n in sizes)
     print(header)
     results: dict[str, list[str]] = {}
+    rows: list[dict] = []
     timed_cases, eager_cases = cases(compile_losses), cases(False)
     for n in sizes:
         features = make_features(n, dim, device)
@@ -120,8 +124,11 @@ def run(
             memory = peak_extra_memory_mib(eager_cases[name], features)
             cell = f"{seconds * 1e3:8.2f} ms {ratio:5.2f}x" + (f" {memory:5.0f}MiB" if memory is not None else "")
             results.setdefault(name, []).append(cell)
+            rows.append({"device": device.type, "n": n, "term": name, "ms": seconds * 1e3, "ratio": ratio,
+                         "extra_mib": memory, "compiled": compile_losses})
     for name, cells in results.items():
         print(f"{name:<20}" + "".join(f"{cell:>26}" for cell in cells))
+    return rows
 
 
 def main() -> None:
@@ -133,15 +140,21 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the regularizers")
     parser.add_argument("--cpu-only", action="store_true")
     parser.add_argument("--cpu-time", action="store_true", help="time CPU runs in process CPU seconds")
+    parser.add_argument("--cuda-only", action="store_true")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     # process CPU seconds cannot be inflated by other jobs on a shared machine (a work measure
     # with --threads 1); wall time otherwise, and always on CUDA
     cpu_clock = time.process_time if args.cpu_time else time.perf_counter
-    run(torch.device("cpu"), args.sizes, args.dim, args.repeats, args.compile, cpu_clock)
+    rows = []
+    if not args.cuda_only:
+        rows += run(torch.device("cpu"), args.sizes, args.dim, args.repeats, args.compile, cpu_clock)
     if torch.cuda.is_available() and not args.cpu_only:
-        run(torch.device("cuda"), args.sizes, args.dim, args.repeats, args.compile, time.perf_counter)
+        rows += run(torch.device("cuda"), args.sizes, args.dim, args.repeats, args.compile, time.perf_counter)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
