@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import open_clip
 import torch
@@ -130,6 +130,13 @@ def _output_width(head: _ProjectionHead, embed_dim: int) -> int:
     return embed_dim
 
 
+# Parameter names of each tower in ClipTrainingModule: open_clip's text tower is spread over the model's
+# top level (no `model.text` for its built-in transformer), and the projections are our own modules.
+IMAGE_TOWER_PREFIXES = ("model.visual.", "image_projection.", "image_independent.")
+TEXT_TOWER_PREFIXES = ("model.token_embedding", "model.positional_embedding", "model.transformer.", "model.ln_final.",
+                       "model.text.", "text_projection.", "text_independent.")
+
+
 class ClipTrainingModule(TrainingModule):
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__()
@@ -186,6 +193,13 @@ class ClipTrainingModule(TrainingModule):
     def after_optimizer_step(self) -> None:
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+    def tower_of(self, parameter_name: str) -> Literal["image", "text"] | None:
+        if parameter_name.startswith(IMAGE_TOWER_PREFIXES):
+            return "image"
+        if parameter_name.startswith(TEXT_TOWER_PREFIXES):
+            return "text"
+        return None  # the logit scale
 
 
 # -------------------------------------------------------------------- data

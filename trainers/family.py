@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -33,6 +33,10 @@ class TrainingModule(nn.Module):
 
     def after_optimizer_step(self) -> None:
         """Work that follows each optimizer step (logit-scale clamp, momentum update)."""
+
+    def tower_of(self, parameter_name: str) -> Literal["image", "text"] | None:
+        """Which tower a parameter belongs to, for `train.image_tower_lr` / `text_tower_lr`; None: neither."""
+        return None
 
 
 def total_loss(losses: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -166,16 +166,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(module: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; gains, biases and the logit scale are exempt from weight decay, as in open_clip."""
-    decay, no_decay = [], []
+def build_optimizer(module: TrainingModule, train: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; gains, biases and the logit scale are exempt from weight decay, as in open_clip. A tower
+    with its own rate (`train.image_tower_lr` / `text_tower_lr`) gets its own parameter groups."""
+    tower_lr = {"image": train.image_tower_lr, "text": train.text_tower_lr, None: None}
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = defaultdict(list)
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
         exempt = param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
-        (no_decay if exempt else decay).append(param)
-    groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": train.weight_decay}]
-    return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps)
+        groups[(tower_lr[module.tower_of(name)] or train.lr, exempt)].append(param)
+    param_groups = [{"params": params, "lr": lr, "weight_decay": 0.0 if exempt else train.weight_decay}
+                    for (lr, exempt), params in groups.items()]
+    return torch.optim.AdamW(param_groups, lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps)
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
