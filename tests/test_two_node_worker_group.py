@@ -1,0 +1,96 @@
+"""One trial's Ray Train worker group spread over two Ray nodes, as a multi-GPU trial on a cluster runs:
+a local 2-node cluster (1 CPU each, storage shared in the test's directory) runs a study whose one trial
+has 2 workers, with all three regularizers on. The workers land on different nodes, and the trial's first
+global-batch loss equals what one worker computes on the same data."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import yaml
+from conftest import SEARCH_SPACES, result_rows, study_command, trial_dirs
+
+from study.spec import load_study
+from trainers.loop import WorkerSession, run_training
+
+pytestmark = pytest.mark.slow
+
+WORKERS = 2
+BATCH = 32  # per worker
+# tiny-vit: LayerNorm only, so no statistic depends on how the global batch is split among workers
+OVERRIDES = [
+    "base.model.arch=tiny-vit",
+    "base.regularizers.gc=0.5", "base.regularizers.bb=0.2", "base.regularizers.dfs=0.5",
+    "base.train.report_every_steps=1",
+    f"base.train.batch_size={BATCH}",
+    "base.train.epochs=1",
+    f"base.resources.num_workers={WORKERS}",
+    "base.resources.in_trial_process=false",
+]  # fmt: skip
+
+
+def one_trial_study(tmp_path: Path) -> Path:
+    tree = yaml.safe_load((SEARCH_SPACES / "gc.yaml").read_text())
+    tree["name"] = "two_nodes"
+    tree["search"] = {"method": "grid", "metric": "zeroshot/synthetic_shapes/top1", "mode": "max", "seeds": [0],
+                      "space": {"regularizers.gc": {"type": "grid", "values": [0.5]}}}
+    path = tmp_path / "two_nodes.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def train_workers_by_node() -> dict[int, int]:
+    """{RayTrainWorker pid: its raylet's pid} for this test's cluster (its nodes are this process's children)."""
+    workers = {}
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if any("RayTrainWorker" in part for part in process.cmdline()):
+                workers[process.pid] = process.ppid()
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    # a worker's forked children (DataLoader workers) carry its process title too
+    return {pid: parent for pid, parent in workers.items() if parent not in workers}
+
+
+def first_loss_of_one_worker(space: Path, overrides: list[str]) -> float:
+    """The same trial's configuration on one worker with the global batch, trained in this process."""
+    spec = load_study(space, overrides + [f"base.train.batch_size={WORKERS * BATCH}", "base.resources.num_workers=1"])
+    cfg = spec.trial_run_config({"regularizers.gc": 0.5, "train.seed": 0})
+    reports = []
+    session = WorkerSession(rank=0, world_size=1, device=torch.device("cpu"), prepare_model=lambda module: module,
+                            report=lambda metrics, *args, **kwargs: reports.append(metrics),
+                            get_checkpoint=lambda: None)
+    run_training({"run": cfg.model_dump(mode="json")}, session)
+    return reports[0]["train/loss"]
+
+
+def test_a_trials_workers_on_two_nodes_compute_the_global_batch_loss(tmp_path: Path, start_study):
+    from ray.cluster_utils import Cluster
+
+    space = one_trial_study(tmp_path)
+    results = tmp_path / "results"
+    command = study_command(space, results, overrides=OVERRIDES)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    placements: dict[int, int] = {}
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        study = start_study([*command, "--address", cluster.address])
+        while study.proc.poll() is None:
+            placements |= train_workers_by_node()
+            time.sleep(0.2)
+        assert study.wait(10) == 0, study.output()[-3000:]
+    finally:
+        cluster.shutdown()
+    assert len(placements) == WORKERS, placements
+    assert len(set(placements.values())) == WORKERS  # each worker a child of a different node's raylet
+
+    (trial,) = trial_dirs(results)
+    steps = [row for row in result_rows(trial) if "train/samples_per_s" not in row]
+    expected = first_loss_of_one_worker(space, [part for part in command if part.startswith("base.")])
+    assert steps[0]["train/loss"] == pytest.approx(expected, rel=1e-4)
+    assert (results / "report" / "report.html").is_file()
