@@ -23,13 +23,21 @@ STEPS = 12
 BATCH = 16
 
 
-def run_config(**train: Any) -> RunConfig:
+# every term, with its augmented views and independent heads: every code path of the loss
+REGULARIZERS = {"gc": 0.5, "bb": 0.1, "dfs": 0.5, "inmodal": True}
+MODELS = {
+    "clip": {"family": "clip", "arch": "tiny-cnn"},
+    "albef": {"family": "albef", "text_layers": 1, "fusion_layers": 1, "hidden_size": 32, "num_heads": 2,
+              "patch_size": 8, "vision_layers": 1, "embed_dim": 16, "queue_size": 32},
+}
+
+
+def run_config(family: str = "clip", **train: Any) -> RunConfig:
     return build_run_config({
-        "model": {"family": "clip", "arch": "tiny-cnn"},
+        "model": MODELS[family],
         "data": {"train_size": STEPS * BATCH, "eval_size": 64, "image_size": 32},
         "train": {"epochs": 1, "batch_size": BATCH, "lr": 1e-3, "warmup_steps": 2, **train},
-        # every term, with its augmented views and independent heads: every code path of the loss
-        "regularizers": {"gc": 0.5, "bb": 0.1, "dfs": 0.5, "inmodal": True},
+        "regularizers": REGULARIZERS,
         "eval": {"tasks": ["structure"]},
     })  # fmt: skip
 
@@ -83,9 +91,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("check_every", [4, 5])
-def test_training_steps_read_nothing_back_between_check_points(host_reads, check_every):
-    run_training({"run": run_config().model_dump(mode="json"), "check_every_steps": check_every},
+@pytest.mark.parametrize(("family", "check_every"), [("clip", 4), ("clip", 5), ("albef", 4)])
+def test_training_steps_read_nothing_back_between_check_points(host_reads, family, check_every):
+    run_training({"run": run_config(family).model_dump(mode="json"), "check_every_steps": check_every},
                  session_for(host_reads))
     assert host_reads.forwards == STEPS
     check_points = set(range(0, STEPS, check_every)) | {STEPS}  # every K micro-steps and the epoch's end
