@@ -87,3 +87,43 @@ class StudyReporter(tune.CLIReporter):
         text = super()._progress_str(trials, done, *sys_info, fmt=fmt, delim=delim)
         return "\n".join(f"Result logdir: {self.trials_dir}" if line.startswith("Result logdir: ") else line
                          for line in text.split("\n"))
+
+
+class StudyProgress(tune.Callback):
+    """One line per epoch report: the trial's epoch k/N with its metric and ETA, and the study's progress
+    (finished trials of all, and an ETA from the seconds per epoch seen so far and the trials running)."""
+
+    def __init__(self, total_trials: int, epochs: int, metric: str) -> None:
+        self.total_trials = total_trials
+        self.epochs = epochs
+        self.metric = metric
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        from ray.tune.experiment import Trial
+
+        epoch = int(result.get("training_iteration", 0))
+        if epoch <= 0:
+            return
+        seconds_per_epoch = float(result.get("time_total_s", 0.0)) / epoch
+        finished = sum(1 for t in trials if t.status == Trial.TERMINATED)
+        running = [t for t in trials if t.status == Trial.RUNNING]
+        # Tune hands callbacks a result before it becomes the trial's last_result
+        done_epochs = sum(epoch if t is trial else int((t.last_result or {}).get("training_iteration", 0))
+                          for t in running)
+        remaining = max(self.total_trials - finished, 0) * self.epochs - done_epochs
+        study_eta = remaining * seconds_per_epoch / max(len(running), 1)
+        value = result.get(self.metric)
+        shown = f", {self.metric} {value:.3f}" if isinstance(value, int | float) else ""
+        print(f"{trial}: epoch {epoch}/{self.epochs}{shown}, ETA {_duration((self.epochs - epoch) * seconds_per_epoch)}"
+              f" | study: {finished}/{self.total_trials} trials finished, ETA {_duration(study_eta)}", flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"

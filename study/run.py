@@ -110,6 +110,38 @@ def describe(spec: StudySpec) -> str:
     )
 
 
+MAX_PLAN_LINES = 12
+
+
+def trial_plan(spec: StudySpec) -> list[str]:
+    """What `--dry-run` lists as the study's trials: each grid configuration, or the baseline and the
+    Optuna samples, each times the seeds."""
+    search = spec.search
+    seeds = f"× {len(search.seeds)} seed(s) {search.seeds}"
+    if search.method == "grid":
+        import itertools
+
+        from study.spec import grid_values
+
+        axes = {key: grid_values(param) for key, param in search.space.items()}
+        cells = list(itertools.product(*axes.values()))
+        lines = [f"trials: {len(cells)} configuration(s) {seeds}:"]
+        lines += ["  " + ", ".join(f"{key} = {value}" for key, value in zip(axes, cell, strict=True))
+                  for cell in cells[:MAX_PLAN_LINES]]
+        if len(cells) > MAX_PLAN_LINES:
+            lines.append(f"  ... and {len(cells) - MAX_PLAN_LINES} more")
+        return lines
+    base = spec.base.model_dump()
+    from study.search import dotted_value
+
+    baseline = ", ".join(f"{key} = {dotted_value(base, key)}" for key in search.space)
+    return [f"trials: {spec.num_trials()} =",
+            f"  the baseline ({baseline or 'the base configuration'}: the base values of the searched keys, which a "
+            f"log-scale search cannot reach; run first, outside Optuna's sampler, for the tables to compare against) "
+            f"{seeds}",
+            f"  + {search.num_samples} Optuna suggestion(s) over {', '.join(search.space)} {seeds}"]
+
+
 # --------------------------------------------------------------------------- Tune
 
 
@@ -122,7 +154,7 @@ def build_tuner(spec: StudySpec, results: str, resume: bool):
     import ray
     from ray import tune
 
-    from study.console import StudyReporter
+    from study.console import StudyProgress, StudyReporter
     from study.search import build_tune_config
     from study.trial import run_trial
 
@@ -158,6 +190,7 @@ def build_tuner(spec: StudySpec, results: str, resume: bool):
         # a worker group's failures are Ray Train's to retry; an in-process trial's are Tune's
         failure_config=tune.FailureConfig(max_failures=spec.base.train.max_failures if in_trial else 0),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+        callbacks=[StudyProgress(spec.num_trials(), spec.base.train.epochs, selected_on)],
         verbose=1,
     )
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
@@ -219,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         spec, results = resolve_study(args)
         if args.dry_run:
             print(yaml.safe_dump(spec.to_yaml_dict(), sort_keys=False).rstrip())
+            print("\n".join(f"# {line}" for line in trial_plan(spec)))  # YAML comments: the output stays YAML
             print(describe(spec))
             return 0
         check_results_dir(results, args.resume)

@@ -214,7 +214,7 @@ def build_tune_config(spec: StudySpec, optuna_storage: str | None, concurrency: 
         seed=spec.base.train.seed,
     )
     base = spec.base.model_dump()
-    baseline = {key: _dotted_value(base, key) for key in search.space}
+    baseline = {key: dotted_value(base, key) for key in search.space}
     return tune.TuneConfig(
         search_alg=SeededRepeater(searcher, search.seeds, baseline),
         scheduler=scheduler,
@@ -225,7 +225,7 @@ def build_tune_config(spec: StudySpec, optuna_storage: str | None, concurrency: 
     ), {}
 
 
-def _dotted_value(tree: dict[str, Any], key: str) -> Any:
+def dotted_value(tree: dict[str, Any], key: str) -> Any:
     for part in key.split("."):
         tree = tree[part]
     return tree

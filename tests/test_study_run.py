@@ -8,6 +8,7 @@ cluster with --address. The grid study with a diverging cell lives in test_relia
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,9 @@ def test_dry_run_prints_the_resolved_study_and_starts_nothing(tmp_path: Path):
     assert tree["search"]["space"]["regularizers.gc"]["type"] == "loguniform"
     # (3 Optuna samples + the baseline) x 5 seeds, one 1-CPU worker each
     assert summary == "study gc: 20 trials (optuna, 5 seed(s)); each trial: 1 worker(s), 1 CPU"
+    # its trials, as YAML comments: the baseline the study adds, then the Optuna samples, each x the seeds
+    assert "# trials: 20 =\n#   the baseline (regularizers.gc = 0.0: the base values of the searched keys" in resolved
+    assert "#   + 3 Optuna suggestion(s) over regularizers.gc × 5 seed(s) [0, 1, 2, 3, 4]" in resolved
     assert "Ray" not in proc.stdout + proc.stderr
     assert not results.exists()
 
@@ -84,7 +88,6 @@ def test_bad_study_file_exits_2_with_one_line_and_writes_nothing(tmp_path: Path,
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr
     assert "Traceback" not in proc.stderr
-    import re
 
     assert re.search(pattern, proc.stderr), proc.stderr
     assert not results.exists()
@@ -238,6 +241,8 @@ def test_ctrl_c_stops_the_study_with_a_resume_line_and_a_partial_report(tmp_path
     assert lines[0].startswith(f"interrupted: 1 of 2 trials finished — resume with: python -m study.run {space} "
                                f"--results {results} --set ")
     assert lines[0].endswith(" --resume") and "Tuner.restore" not in output
+    assert re.search(r"trial_\w+: epoch 1/3, val/\S+ [\d.]+, ETA .+ \| study: 0/2 trials finished, ETA ", output)
+    assert f"Result logdir: {results}/trials" in output  # not the driver's staging directory under /tmp/ray
     assert "Traceback" not in output
     html = (results / "report" / "report.html").read_text()
     assert "Study report: grid (partial)" in html and "Partial report — interrupted: 1 of 2 trials finished" in html

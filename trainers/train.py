@@ -74,7 +74,9 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     else:
         # A laptop is not pre-empted: no watcher process per Train run (workers inherit the env).
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
+        # "local": a new cluster of our own; without it ray.init joins whatever cluster last wrote
+        # /tmp/ray/ray_current_cluster (someone else's `ray start` or test cluster on the same machine)
+        context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
     url = context.dashboard_url
     if url:
         print(f"Ray dashboard: http://{url}  ({AUTH_TOKEN_HINT})", flush=True)
