@@ -133,3 +133,19 @@ def test_mlm_distils_from_the_momentum_fusion_and_mlm_head():
     module.optimizer_steps.fill_(steps_per_epoch(cfg))  # alpha at full weight: they do
     distilled = _mlm_loss_with_momentum_model_perturbed(module, batch, perturb=False)
     assert abs(_mlm_loss_with_momentum_model_perturbed(module, batch, perturb=True) - distilled) > 1e-3
+
+
+def test_mean_pooling_ignores_padding_and_cls_pooling_reads_the_first_token():
+    torch.manual_seed(0)
+    mean_model = AlbefModel(TINY.model_copy(update={"pooling": "mean"}), 16, 30, with_independent_heads=False)
+    cls_model = AlbefModel(TINY, 16, 30, with_independent_heads=False)
+    text = torch.randn(2, 5, 32)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    padded_changed = text.clone()
+    padded_changed[0, 3:] += 5.0
+    mean_features = mean_model.towers.text_features(text, mask)["pooled"]
+    torch.testing.assert_close(mean_features, mean_model.towers.text_features(padded_changed, mask)["pooled"])
+    torch.testing.assert_close(mean_features[0], text[0, :3].mean(0))
+    torch.testing.assert_close(cls_model.towers.text_features(text, mask)["pooled"], text[:, 0])
+    image = torch.randn(2, 5, 32)
+    torch.testing.assert_close(mean_model.towers.image_features(image)["pooled"], image.mean(1))

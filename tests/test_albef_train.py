@@ -164,9 +164,10 @@ def test_regularizers_use_the_momentum_features_as_views(gc_normalization):
     towers, towers_m = module.model.towers, module.towers_m
     with torch.no_grad():
         v = towers.image_features(towers.encode_image(batch["image"]))["shared"]
-        t = towers.text_features(towers.encode_text(batch["input_ids"], batch["attention_mask"]))["shared"]
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        t = towers.text_features(towers.encode_text(ids, mask), mask)["shared"]
         v_m = towers_m.image_features(towers_m.encode_image(batch["image"]))["shared"]
-        t_m = towers_m.text_features(towers_m.encode_text(batch["input_ids"], batch["attention_mask"]))["shared"]
+        t_m = towers_m.text_features(towers_m.encode_text(ids, mask), mask)["shared"]
     expected_gc = geometric_consistency_loss(v, t, v_m, t_m, normalization=gc_normalization)
     torch.testing.assert_close(losses["gc_loss"].detach(), 0.5 * expected_gc)
     torch.testing.assert_close(losses["bb_loss"].detach(), 2.0 * brownian_bridge_loss(v, t, v_m, 0.25))

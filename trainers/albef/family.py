@@ -50,7 +50,8 @@ def tower_encoders(model: AlbefModel, inputs: AlbefInputs, device: torch.device)
 
     def encode_texts(captions: list[str]) -> dict[str, torch.Tensor]:
         input_ids, attention_mask = inputs.texts(captions)
-        return model.towers.text_features(model.towers.encode_text(input_ids.to(device), attention_mask.to(device)))
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        return model.towers.text_features(model.towers.encode_text(input_ids, attention_mask), attention_mask)
 
     return encode_images, encode_texts
 
@@ -164,7 +165,8 @@ def retrieval_metrics(model: AlbefModel, inputs: AlbefInputs, retrieval, device:
         ]
     )
     similarity = (
-        model.towers.image_features(image_embeds)["shared"] @ model.towers.text_features(text_embeds)["shared"].T
+        model.towers.image_features(image_embeds)["shared"]
+        @ model.towers.text_features(text_embeds, attention_mask)["shared"].T
     )
     i2t, t2i = rerank_scores(model, image_embeds, text_embeds, attention_mask, similarity.float())
     return {f"retrieval/{name}": value for name, value in recall_at_k(i2t, t2i, retrieval.caption_to_image).items()}

@@ -117,6 +117,7 @@ class UnimodalTowers(nn.Module):
         self.text_proj = nn.Linear(hidden, embed_dim)
         self.vision_independent_proj = nn.Linear(hidden, embed_dim) if with_independent_heads else None
         self.text_independent_proj = nn.Linear(hidden, embed_dim) if with_independent_heads else None
+        self.mean_pooling = model_config.pooling == "mean"
 
     @property
     def has_independent_heads(self) -> bool:
@@ -129,10 +130,17 @@ class UnimodalTowers(nn.Module):
         return self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
 
     def image_features(self, image_embeds: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self._project(image_embeds[:, 0], self.vision_proj, self.vision_independent_proj)
+        pooled = image_embeds.mean(1) if self.mean_pooling else image_embeds[:, 0]
+        return self._project(pooled, self.vision_proj, self.vision_independent_proj)
 
-    def text_features(self, text_embeds: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self._project(text_embeds[:, 0], self.text_proj, self.text_independent_proj)
+    def text_features(self, text_embeds: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Projected features of the [CLS] output, or of the mean over the non-padding tokens (model.pooling)."""
+        if self.mean_pooling:
+            weights = attention_mask.to(text_embeds.dtype)[:, :, None]
+            pooled = (text_embeds * weights).sum(1) / weights.sum(1).clamp(min=1)
+        else:
+            pooled = text_embeds[:, 0]
+        return self._project(pooled, self.text_proj, self.text_independent_proj)
 
     @staticmethod
     def _project(cls_output: torch.Tensor, shared: nn.Linear, independent: nn.Linear | None) -> dict:

@@ -78,11 +78,12 @@ class AlbefPretraining(TrainingModule):
         image_embeds = towers.encode_image(image)
         text_embeds = towers.encode_text(input_ids, attention_mask)
         image_features = towers.image_features(image_embeds)
-        text_features = towers.text_features(text_embeds)
+        text_features = towers.text_features(text_embeds, attention_mask)
         with torch.no_grad():
             image_embeds_m = self.towers_m.encode_image(image)
             image_features_m = self.towers_m.image_features(image_embeds_m)
-            text_features_m = self.towers_m.text_features(self.towers_m.encode_text(input_ids, attention_mask))
+            text_embeds_m = self.towers_m.encode_text(input_ids, attention_mask)
+            text_features_m = self.towers_m.text_features(text_embeds_m, attention_mask)
 
         itc_loss, sim_i2t, sim_t2i = self._itc_loss(
             image_features["shared"],
