@@ -72,7 +72,7 @@ class AlbefPretraining(TrainingModule):
         return {"itc_loss": itc, "itc_chance": self.itc_chance, "itm_accuracy": itm_accuracy,
                 "itm_prior_accuracy": ITM_PRIOR_ACCURACY, "momentum_cosine": momentum_cosine}
 
-    def forward(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def forward(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         image, input_ids, attention_mask = batch["image"], batch["input_ids"], batch["attention_mask"]
         towers = self.model.towers
         image_embeds = towers.encode_image(image)
@@ -103,7 +103,7 @@ class AlbefPretraining(TrainingModule):
         if self.training:
             self._track_progress(itc_loss, itm_accuracy, image_features, text_features, image_features_m,
                                  text_features_m)
-        temperature = float(self.temperature.detach())
+        temperature = self.temperature.detach()  # metrics stay on the device: the loop reads them per epoch
         metrics = {"temperature": temperature, "logit_scale": 1.0 / temperature, "itm_accuracy": itm_accuracy}
         return losses, metrics
 
@@ -168,7 +168,7 @@ class AlbefPretraining(TrainingModule):
         logits = self.model.itm_logits(text_all, mask_all, image_all)  # (3B, 2)
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         labels[:batch_size] = 1
-        accuracy = float((logits.argmax(1) == labels).float().mean())
+        accuracy = (logits.argmax(1) == labels).float().mean()
         return F.cross_entropy(logits.float(), labels), accuracy
 
     # ------------------------------------------------------------------ MLM
