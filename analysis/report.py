@@ -130,7 +130,7 @@ def _overview(writer: ReportWriter, study: Study, trials: pd.DataFrame, tables: 
            f"{answer.selection.by_metric}, mean over {answer.selection.seeds} seed(s))."]
           if answer.selection.config is not None else []),
         *([f"{answer.metric_text()}."] if answer.selection.config is not None else []),
-        f"Verdict: {answer.verdict[:1].upper()}{answer.verdict[1:]}",
+        f"Verdict: {answer.verdict}",
     ]
     if answer.selection.note:
         section.callout.append(f"Note: {answer.selection.note}.")
@@ -138,6 +138,8 @@ def _overview(writer: ReportWriter, study: Study, trials: pd.DataFrame, tables: 
     if search.metric in finished_trials and finished_trials["config"].nunique() > 1:
         writer.figure(section, f"{search.metric} per configuration",
                       plots.combination_bars(finished_trials, search.metric), "combinations")
+    elif not finished_trials.empty:
+        section.paragraphs.append("No summary figure: one configuration has finished, nothing to set beside it.")
     untestable = not_testable(checks)
     significance = significance_frame(tables, untestable)
     if not significance.empty:
@@ -249,8 +251,10 @@ def _weight_figures(writer: ReportWriter, section: Section, trials: pd.DataFrame
         label = plots.weight_label(key)
         if len(weights) < 2:  # a curve needs two weights; one weight is a bar in the summary's figure
             if weights:
+                shown = (", shown in the summary's per-configuration figure"
+                         if finished["config"].nunique() > 1 else "")
                 section.paragraphs.append(f"No figure against the {label}: the study ran one non-zero weight "
-                                          f"({weights[0]:.3g}), shown in the summary's per-configuration figure.")
+                                          f"({weights[0]:.3g}){shown}.")
             continue
         name = key.split(".")[-1]
         writer.figure(section, f"Downstream metrics against {label}",

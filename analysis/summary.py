@@ -245,11 +245,11 @@ def _verdict_sentence(comparison: Comparison | None, selection: Selection, metri
                       untestable: str | None) -> str:
     """One sentence from the Holm-corrected primary comparison; never a verdict from an uncorrected p."""
     if selection.config is None:
-        return "no verdict: nothing could be selected."
+        return "no verdict — nothing could be selected."
     if comparison is None:
         return (f"the baseline itself was selected on {selection.by_metric}: no regularized configuration beat it "
                 "on validation." if "baseline" in selection.config else
-                "no verdict: the selected configuration has no baseline in its context.")
+                "no verdict — the selected configuration has no baseline in its context.")
     if untestable:
         return f"no verdict — {untestable}."
     if not comparison.testable:

@@ -51,7 +51,7 @@ def test_report_files_and_summary(ablation_report):
     assert callout[1] == ("Best configuration: +DFS — regularizers.dfs = 1, regularizers.gc = 0, at batch size 32 "
                           f"(selected on val/{fx.ZEROSHOT}, mean over 10 seed(s)).")
     assert callout[2].startswith(f"{fx.ZEROSHOT} 0.415 [95% CI 0.402, 0.428] on test vs. baseline 0.409 [95% CI ")
-    assert callout[3].startswith(f"Verdict: No significant difference from the baseline on {fx.ZEROSHOT} "
+    assert callout[3].startswith(f"Verdict: no significant difference from the baseline on {fx.ZEROSHOT} "
                                  "(Holm-corrected p = 0.234 (m = 1), n = 10 paired seeds, d_z = +0.27 [")
     assert summary.index("figures/combinations.png") < summary.index("### Each configuration against the baseline")
     assert summary.index("### Each configuration") < summary.index("Test-bed checks: passed (shared-class probe")
