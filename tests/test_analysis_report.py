@@ -202,12 +202,20 @@ window.addEventListener("load", () => {
     images: images.length, decoded: images.filter(i => i.complete && i.naturalWidth > 0).length});
 });
 </script></body>"""))
-    dom = subprocess.run([*common, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
-                         capture_output=True, text=True, timeout=120)
-    assert "<h2>Summary</h2>" in dom.stdout and dom.stdout.count("<img ") >= 4
-    found = re.search(r'data-probe="([^"]*)"', dom.stdout)
-    assert found, dom.stdout[-2000:]
-    layout = json.loads(html.unescape(found.group(1)))
+
+    def measure(page) -> dict:
+        dom = subprocess.run([*common, "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+                             capture_output=True, text=True, timeout=120)
+        assert "<h2>Summary</h2>" in dom.stdout and dom.stdout.count("<img ") >= 4
+        found = re.search(r'data-probe="([^"]*)"', dom.stdout)
+        assert found, dom.stdout[-2000:]
+        return json.loads(html.unescape(found.group(1)))
+
+    layout = measure(probe)
     print(f"chromium at 1400 px: {layout}")
     assert layout["scrollWidth"] <= layout["clientWidth"] <= 1400, layout  # no horizontal overflow at 1400 px
     assert layout["decoded"] == layout["images"] >= 4, layout  # every figure loaded
+    # the probe sees overflow where there is some: the same page with one 2000-px-wide block
+    control = tmp_path / "control.html"
+    control.write_text(probe.read_text().replace("<h1>", '<div style="width: 2000px">wide</div><h1>', 1))
+    assert measure(control)["scrollWidth"] > 1400
