@@ -1,7 +1,8 @@
-"""One trial's Ray Train worker group spread over two Ray nodes, as a multi-GPU trial on a cluster runs:
-a local 2-node cluster (1 CPU each, storage shared in the test's directory) runs a study whose one trial
-has 2 workers, with all three regularizers on. The workers land on different nodes, and the trial's first
-global-batch loss equals what one worker computes on the same data."""
+"""One trial's Ray Train worker group spread over Ray nodes, as a multi-GPU trial on a cluster runs:
+local clusters of 1-CPU nodes (storage shared in the test's directory) run a study whose one trial has
+2 workers, with all three regularizers on. The workers land on different nodes, the trial's first
+global-batch loss equals what one worker computes on the same data, and when a worker's node dies the
+trial resumes from its checkpoint on a node that joins, with every epoch reported once."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import psutil
 import pytest
 import torch
 import yaml
-from conftest import SEARCH_SPACES, result_rows, study_command, trial_dirs
+from conftest import SEARCH_SPACES, epoch_rows, result_rows, study_command, trial_dirs
 
 from study.spec import load_study
 from trainers.loop import WorkerSession, run_training
@@ -94,3 +95,50 @@ def test_a_trials_workers_on_two_nodes_compute_the_global_batch_loss(tmp_path: P
     expected = first_loss_of_one_worker(space, [part for part in command if part.startswith("base.")])
     assert steps[0]["train/loss"] == pytest.approx(expected, rel=1e-4)
     assert (results / "report" / "report.html").is_file()
+
+
+def raylet_pid(node) -> int:
+    return next(process.pid for kind, process in node.live_processes() if kind == "raylet")
+
+
+def children_named(parent: int, title: str) -> list[int]:
+    return [process.pid for process in psutil.Process(parent).children()
+            if any(title in part for part in process.cmdline())]
+
+
+def test_a_trial_whose_worker_node_dies_resumes_from_its_checkpoint_on_another_node(tmp_path: Path, start_study):
+    """After epoch 0's checkpoint, the node that holds one of the two workers (and neither the trial nor
+    Ray Train's controller, which Ray places where it likes) is killed and a fresh node joins: the worker
+    group restarts there from the checkpoint in the shared storage, and every epoch is in the trial's
+    results once. The head (GCS, the study's driver) has no CPU, so the workers are on the two others."""
+    from ray.cluster_utils import Cluster
+
+    space = one_trial_study(tmp_path)
+    results = tmp_path / "results"
+    command = study_command(space, results, overrides=[*OVERRIDES, "base.train.epochs=2",
+                                                       "base.train.report_every_steps=null"])
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    raylets_with_workers: set[int] = set()
+    killed = False
+    try:
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(WORKERS)]
+        cluster.wait_for_nodes()
+        study = start_study([*command, "--address", cluster.address])
+        while study.proc.poll() is None:
+            raylets_with_workers |= set(train_workers_by_node().values())
+            if not killed and list(results.glob("train/trial_*/checkpoint_epoch_0000")):
+                doomed = next(node for node in nodes if children_named(raylet_pid(node), "RayTrainWorker")
+                              and not children_named(raylet_pid(node), "ImplicitFunc")
+                              and not children_named(raylet_pid(node), "TrainController"))
+                cluster.remove_node(doomed, allow_graceful=False)
+                cluster.add_node(num_cpus=1)
+                killed = True
+            time.sleep(0.2)
+        assert study.wait(10) == 0, study.output()[-3000:]
+    finally:
+        cluster.shutdown()
+    assert killed
+    assert len(raylets_with_workers) == 3  # the two first nodes, and the one that replaced the killed one
+    (trial,) = trial_dirs(results)
+    assert epoch_rows(trial) == [0, 1]
+    assert list(results.glob(f"train/{trial.name}/checkpoint_epoch_0001"))
