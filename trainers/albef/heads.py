@@ -126,7 +126,7 @@ class FusedClassifier(nn.Module):
             fused = self.twin_fusion(text_embeds, attention_mask, image_embeds)
         else:
             fused = self.model.fuse(text_embeds, attention_mask, image_embeds[0])
-        return self.head(fused[:, 0])  # (B, C)
+        return self.head(self.model.fused_summary(fused, attention_mask))  # (B, C)
 
 
 @dataclass(frozen=True)

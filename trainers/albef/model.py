@@ -173,10 +173,19 @@ class AlbefModel(nn.Module):
     def fuse(self, text_embeds: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor) -> torch.Tensor:
         return self.fusion(text_embeds, attention_mask, image_embeds)
 
+    def fused_summary(self, fused: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """What the ITM and task heads read from the fused tokens (B, T, H): the [CLS] output, or with
+        model.pooling "mean" the mean over the non-padding tokens, for the same reason as the ITC features."""
+        if not self.towers.mean_pooling:
+            return fused[:, 0]
+        weights = attention_mask.to(fused.dtype)[:, :, None]
+        return (fused * weights).sum(1) / weights.sum(1).clamp(min=1)
+
     def itm_logits(
         self, text_embeds: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor
     ) -> torch.Tensor:
-        return self.itm_head(self.fuse(text_embeds, attention_mask, image_embeds)[:, 0])  # (B, 2)
+        fused = self.fuse(text_embeds, attention_mask, image_embeds)
+        return self.itm_head(self.fused_summary(fused, attention_mask))  # (B, 2)
 
 
 def momentum_copy(module: nn.Module) -> nn.Module:
