@@ -210,13 +210,34 @@ def _info_nce(x: Tensor, y: Tensor, temperature: float | Tensor) -> Tensor:
     return F.cross_entropy(logits, torch.arange(x.shape[0], device=x.device))
 
 
+class _Uniformity(torch.autograd.Function):
+    """log mean_jk exp(-2 ||x_j - x_k||^2) (Wang & Isola, t = 2), all pairs including j = k.
+
+    exp(-2 ||x_j - x_k||^2) = b_j exp(4 <x_j, x_k>) b_k with b = exp(-2 |x|^2): the N x N work is one
+    GEMM, one exp and one quadratic form (for unit vectors every entry lies in [e^-4, e^4]). The backward
+    is written out — dL/dx = (8/S) (diag(b) K diag(b)) x - (8/S) b * (K b) * x, with S = b^T K b — so that
+    it makes one GEMM and one N x N temporary where autograd's chain makes four."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        weights = torch.exp(-2 * x.square().sum(dim=1))  # (N,)
+        kernel = (x @ x.T).mul_(4).exp_()  # (N, N)
+        kernel_weights = kernel @ weights  # (N,)
+        total = weights @ kernel_weights
+        ctx.save_for_backward(x, weights, kernel, kernel_weights, total)
+        return torch.log(total) - 2 * math.log(x.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        x, weights, kernel, kernel_weights, total = ctx.saved_tensors
+        scale = 8 * grad / total
+        weighted = kernel * weights[:, None]
+        weighted.mul_(weights)  # diag(b) K diag(b), symmetric: dL/dG = (scale / 2) of it
+        return scale * (weighted @ x - (weights * kernel_weights)[:, None] * x)
+
+
 def _uniformity(x: Tensor) -> Tensor:
-    """log mean_jk exp(-2 ||x_j - x_k||^2) (Wang & Isola, t = 2), all pairs including j = k."""
-    # exp(-2 ||x_j - x_k||^2) = b_j exp(4 <x_j, x_k>) b_k with b = exp(-2 |x|^2): the N x N work is
-    # one exp and one quadratic form, and for unit vectors every entry lies in [e^-4, e^4].
-    weights = torch.exp(-2 * x.square().sum(dim=1))  # (N,)
-    kernel = _gram(2 * x).exp()  # (N, N)
-    return torch.log(weights @ kernel @ weights) - 2 * math.log(x.shape[0])
+    return _Uniformity.apply(x)
 
 
 def feature_separation_loss(
