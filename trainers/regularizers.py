@@ -39,8 +39,8 @@ __all__ = [
 
 
 # Inside LatentStructureLoss the finite check is off: in training a NaN feature is divergence, not bad
-# input, and the training loop checks the total loss once per step and names the step and term
-# (a check per tensor here would also cost a host sync each).
+# input, and the training loop watches the total loss's finiteness on the device and names the step and
+# term (a check per tensor here would also cost a host sync each).
 _finite_check = contextvars.ContextVar("regularizers_finite_check", default=True)
 
 
