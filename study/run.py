@@ -150,6 +150,24 @@ def optuna_url(results: str) -> str | None:
     return None if is_uri(results) else f"sqlite:///{local_path(results) / OPTUNA_FILE}"
 
 
+def named_trial_actor(trainable: Any) -> type:
+    """Tune's class for a function trainable, with the dashboard name of its actor: Tune's own
+    (`ImplicitFunc`, repr `run_trial`) says nothing of the trial, this one is `StudyTrial` with the
+    repr `trial_<id> <key>=<value> ...` (`study.search.trial_label`), which Ray records when the actor
+    starts and shows in the dashboard's actor list and in front of the actor's log lines. Tune still
+    registers it as `run_trial` (its `_name`), so `--resume` finds the experiment's trainable."""
+    from ray.tune.trainable.function_trainable import wrap_function  # Tune's DeveloperAPI
+
+    from study.search import trial_label
+
+    class StudyTrial(wrap_function(trainable)):
+        def __repr__(self) -> str:
+            return trial_label(self.trial_id, self.config)
+
+    StudyTrial.__qualname__ = StudyTrial.__name__  # the dashboard's class name, without `named_trial_actor.<locals>.`
+    return StudyTrial
+
+
 def build_tuner(spec: StudySpec, results: str, resume: bool):
     import ray
     from ray import tune
@@ -162,7 +180,7 @@ def build_tuner(spec: StudySpec, results: str, resume: bool):
     trainable = tune.with_parameters(
         run_trial, study=spec.to_yaml_dict(), train_storage=f"{storage.rstrip('/')}/train"
     )
-    trainable = tune.with_resources(trainable, trial_process_resources(spec))
+    trainable = named_trial_actor(tune.with_resources(trainable, trial_process_resources(spec)))
     experiment = f"{storage.rstrip('/')}/{EXPERIMENT}"
     if resume:
         return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)

@@ -41,6 +41,21 @@ def trial_name(trial_id: str) -> str:
     return f"trial_{trial_id}"
 
 
+def trial_label(trial_id: str, config: Mapping[str, Any]) -> str:
+    """A trial's name and the values it sets, e.g. `trial_0e8d3_00001 regularizers.gc=0.443 train.seed=1`:
+    how the Ray dashboard lists the trial's actor (its repr) and how Ray prefixes the actor's log lines."""
+    values = [f"{key}={_short(value)}" for key, value in trial_params(config).items()]
+    return " ".join([trial_name(trial_id), *values])
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, Mapping):  # a grid over partial configuration blocks ("arms")
+        return "{" + ", ".join(f"{key}: {_short(item)}" for key, item in value.items()) + "}"
+    return str(value)
+
+
 def switch_name(key: str) -> str:
     """Optuna's name for the on/off switch of the optional parameter `key`."""
     return f"{key}{SWITCH_SUFFIX}"
@@ -198,9 +213,14 @@ def build_tune_config(spec: StudySpec, optuna_storage: str | None, concurrency: 
             reduction_factor=search.scheduler.reduction_factor,
         )
     names = {"trial_dirname_creator": _trial_name_of, "trial_name_creator": _trial_name_of}
+    # A reused actor keeps torch, open_clip and the task sets loaded for the next trial, but keeps the name
+    # the dashboard shows for it too (Ray takes an actor's repr once, when it starts): only a trial that
+    # trains in its own process gains enough from that; one that drives a worker group gets a fresh,
+    # correctly named actor.
+    reuse = spec.base.resources.trains_in_trial_process()
     if search.method == "grid":
         return tune.TuneConfig(num_samples=1, scheduler=scheduler, max_concurrent_trials=concurrency,
-                               reuse_actors=True, **names), grid_param_space(search.space, search.seeds)
+                               reuse_actors=reuse, **names), grid_param_space(search.space, search.seeds)
 
     from ray.tune.search.optuna import OptunaSearch
 
@@ -220,7 +240,7 @@ def build_tune_config(spec: StudySpec, optuna_storage: str | None, concurrency: 
         scheduler=scheduler,
         num_samples=spec.num_trials(),
         max_concurrent_trials=concurrency,
-        reuse_actors=True,  # the next trial finds torch, open_clip and the task sets already loaded
+        reuse_actors=reuse,
         **names,
     ), {}
 

@@ -71,7 +71,7 @@ class StudyProcess:
 
     def trial_actors(self) -> list[psutil.Process]:
         """Tune's trial processes (a 1-worker trial trains in its own)."""
-        return [p for p in self.descendants() if _cmdline_has(p, "ray::ImplicitFunc")]
+        return [p for p in self.descendants() if _cmdline_has(p, "ray::StudyTrial")]
 
     def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.time() + timeout

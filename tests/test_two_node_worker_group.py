@@ -128,7 +128,7 @@ def test_a_trial_whose_worker_node_dies_resumes_from_its_checkpoint_on_another_n
             raylets_with_workers |= set(train_workers_by_node().values())
             if not killed and list(results.glob("train/trial_*/checkpoint_epoch_0000")):
                 doomed = next(node for node in nodes if children_named(raylet_pid(node), "RayTrainWorker")
-                              and not children_named(raylet_pid(node), "ImplicitFunc")
+                              and not children_named(raylet_pid(node), "StudyTrial")
                               and not children_named(raylet_pid(node), "TrainController"))
                 cluster.remove_node(doomed, allow_graceful=False)
                 cluster.add_node(num_cpus=1)

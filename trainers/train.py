@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ from trainers.config import ConfigError, RunConfig, load_run_config
 
 # epoch-end checkpoints kept per run (Ray Train's, or Tune's for a trial that trains in its own process)
 CHECKPOINTS_KEPT = 2
-AUTH_TOKEN_HINT = "token: `cat ~/.ray/auth_token` (Ray's token authentication is on)"
+# Ray Train's switch for its state actor, which the dashboard's Train view (`#/train`) reads
+STATE_TRACKING = "RAY_TRAIN_ENABLE_STATE_TRACKING"
+AUTH_TOKEN_HINT = "log in with the token that `ray get-auth-token` prints (the one in ~/.ray/auth_token)"
 
 
 def build_torch_trainer(
@@ -56,6 +59,7 @@ def build_torch_trainer(
 def fit_run(trainer):
     """`trainer.fit()`, raising what stopped the loop early (NonFiniteLossError, InputDataError), which
     crosses Ray Train's worker group as a returned `RunStopped` because Ray retries raised exceptions."""
+    os.environ.setdefault(STATE_TRACKING, "1")  # read by trainer.fit(), here; Tune does not pass it on to trials
     result = trainer.fit()
     if result.return_value is not None:
         raise result.return_value.error()
@@ -69,6 +73,9 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     # Workers inherit these; keeps them from importing what they never use.
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # The dashboard's Train view lists a run only when the process that starts it has this set: on a cluster
+    # started here every Ray process inherits it (a joined cluster's trial processes get it in fit_run).
+    os.environ.setdefault(STATE_TRACKING, "1")
     if address:
         context = ray.init(address=address, log_to_driver=True)
     else:
@@ -79,7 +86,9 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         context = ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
     url = context.dashboard_url
     if url:
-        print(f"Ray dashboard: http://{url}  ({AUTH_TOKEN_HINT})", flush=True)
+        port = url.rsplit(":", 1)[-1]
+        print(f"Ray dashboard: http://{url} — {AUTH_TOKEN_HINT}; from a laptop: "
+              f"ssh -L {port}:localhost:{port} {socket.gethostname()}, then open http://localhost:{port}", flush=True)
 
 
 def input_error_of(exc: BaseException) -> ValueError | None:
