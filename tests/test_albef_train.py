@@ -104,12 +104,13 @@ def test_fine_tuned_head_beats_chance_on_held_out_examples(pretrained, task):
 def test_nlvr_head_learns_its_training_pairs(pretrained):
     # Held-out NLVR needs visual grounding across two images that a 40-step pre-training does not
     # give (about the majority rate after 6 epochs on 1024 pairs); the head and both fused
-    # passes must still learn, which the training pairs show (about majority + 0.05 here).
+    # passes must still learn, which the training pairs show. 10 epochs: with warm-up and cosine decay
+    # (and the new twin cross-attention and merge layers) 6 epochs at 1e-3 stay at the majority rate.
     cfg, module, _ = pretrained
     num_classes, train, _ = _task_examples(cfg, "nlvr")
     inputs = AlbefInputs(cfg.data)
     preprocess = (inputs.images, inputs.texts)
-    settings = FinetuneSettings(epochs=6, batch_size=16, lr=1e-3)
+    settings = FinetuneSettings(epochs=10, batch_size=16, lr=1e-3)
     classifier = finetune(module.model, num_classes, train, settings, preprocess, torch.device("cpu"))
     train_accuracy = accuracy(classifier, train, preprocess, torch.device("cpu"), 64)
     majority = _majority_rate(train.labels, num_classes)
