@@ -43,7 +43,8 @@ def test_reduced_info_gap_study_reports_the_preregistered_verdict(tmp_path):
     report = (results / "report" / "report.md").read_text()
     section = report.split("## Information gap and alignment pressure\n\n")[1]
     assert section.startswith("Pre-registered test (gap x pressure interaction): not testable")
-    assert "Primary result — Pre-registered test (gap x pressure interaction): not testable" in report
+    # the summary's call-out gives the study file's own primary test as the verdict, not "best vs baseline"
+    assert "> Verdict: Pre-registered test (gap x pressure interaction): not testable" in report
     assert "Test-bed checks of the information-gap test" in section
     assert "[pre-registered primary] gap x pressure interaction" in section and "n = 2" in section
     figures = list((results / "report" / "figures").glob("info_gap*.png"))

@@ -116,12 +116,13 @@ class TrainConfig(_Strict):
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(128, ge=1)  # per worker
     lr: float = Field(5.0e-4, gt=0.0)
-    # The image and text towers' own rates (None: `lr`). Trained from scratch together, a small CNN and a
-    # small transformer want rates an order of magnitude apart: on the embedded world one shared 5e-3
-    # left the image tower's shape probe near chance and erased the shape the random text tower carried
-    # at initialisation (README, "Learning rates per tower"). CLIP only: ALBEF keeps one rate.
-    image_tower_lr: float | None = Field(None, gt=0.0)
-    text_tower_lr: float | None = Field(None, gt=0.0)
+    # The image and text towers' rates as multiples of `lr` (which also sets the logit scale's). Trained from
+    # scratch together, a small CNN and a small transformer want rates two orders of magnitude apart: on the
+    # embedded world one shared 5e-3 left the image tower's shape probe near chance and erased the shape the
+    # random text tower carried at initialisation (README, "Learning rates per tower"). Multiples, so that
+    # a search over `lr` still moves every rate. CLIP only: ALBEF keeps one rate.
+    image_tower_lr_scale: float = Field(1.0, gt=0.0)
+    text_tower_lr_scale: float = Field(1.0, gt=0.0)
     weight_decay: float = Field(0.1, ge=0.0)
     beta1: float = Field(0.9, ge=0.0, lt=1.0)
     beta2: float = Field(0.999, ge=0.0, lt=1.0)
@@ -204,8 +205,8 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _tower_rates_need_towers(self) -> RunConfig:
-        for key in ("image_tower_lr", "text_tower_lr"):
-            if getattr(self.train, key) is not None and self.model.family != "clip":
+        for key in ("image_tower_lr_scale", "text_tower_lr_scale"):
+            if getattr(self.train, key) != 1.0 and self.model.family != "clip":
                 raise ValueError(f"train.{key}: only the clip family trains its towers at their own rates")
         return self
 

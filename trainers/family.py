@@ -35,7 +35,7 @@ class TrainingModule(nn.Module):
         """Work that follows each optimizer step (logit-scale clamp, momentum update)."""
 
     def tower_of(self, parameter_name: str) -> Literal["image", "text"] | None:
-        """Which tower a parameter belongs to, for `train.image_tower_lr` / `text_tower_lr`; None: neither."""
+        """Which tower a parameter belongs to (for `train.image_tower_lr_scale` / `text_tower_lr_scale`), or None."""
         return None
 
 

@@ -168,14 +168,14 @@ def seed_everything(seed: int) -> None:
 
 def build_optimizer(module: TrainingModule, train: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; gains, biases and the logit scale are exempt from weight decay, as in open_clip. A tower
-    with its own rate (`train.image_tower_lr` / `text_tower_lr`) gets its own parameter groups."""
-    tower_lr = {"image": train.image_tower_lr, "text": train.text_tower_lr, None: None}
+    with its own rate (`train.image_tower_lr_scale` / `text_tower_lr_scale` times `lr`) gets its own groups."""
+    scale = {"image": train.image_tower_lr_scale, "text": train.text_tower_lr_scale, None: 1.0}
     groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = defaultdict(list)
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
         exempt = param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
-        groups[(tower_lr[module.tower_of(name)] or train.lr, exempt)].append(param)
+        groups[(train.lr * scale[module.tower_of(name)], exempt)].append(param)
     param_groups = [{"params": params, "lr": lr, "weight_decay": 0.0 if exempt else train.weight_decay}
                     for (lr, exempt), params in groups.items()]
     return torch.optim.AdamW(param_groups, lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps)

@@ -127,7 +127,8 @@ def absolute_storage(path: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainers.train", description=__doc__.splitlines()[0])
     parser.add_argument("config", help="run YAML (or a study YAML: its base configuration is run)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any key of the configuration, e.g. train.epochs=2 (repeatable)")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
     parser.add_argument("--storage", default="runs", help="directory or URI for checkpoints and metrics")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -175,23 +175,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="TASK",
         help=f"tasks to run (default: the saved eval.tasks); any of {', '.join(EVAL_TASKS)}",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override the saved configuration, e.g. data.eval_size=512",
-    )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of the saved configuration, e.g. data.eval_size=512 (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="write the metrics as JSON here")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
 
     try:
         device = parse_device(args.device)
         result = evaluate_checkpoint(args.checkpoint, args.tasks, args.overrides, device)
     except (ValueError, ConfigError) as exc:  # ConfigError is a ValueError; named for the reader
+        if args.debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if result["tasks_without_data"]:
