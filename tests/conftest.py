@@ -122,6 +122,17 @@ def _alive(process: psutil.Process) -> bool:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Torch on one thread while a test trains in its own process: the cores are shared with Ray's workers."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def start_study(tmp_path: Path):
     """start_study(command) -> StudyProcess; every process it spawned is killed at teardown."""
     started: list[StudyProcess] = []

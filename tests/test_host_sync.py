@@ -15,6 +15,8 @@ import torch
 from trainers.config import RunConfig, build_run_config
 from trainers.loop import NonFiniteLossError, WorkerSession, run_training
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 # Host-side code: the data pipeline reads CPU tensors it made itself, before they go to the device.
 HOST_SIDE = (REPO / "trainers" / "data",)
@@ -81,14 +83,6 @@ def host_reads(monkeypatch):
     for name in HOST_READS:
         monkeypatch.setattr(torch.Tensor, name, patched(name))
     return counter
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(("family", "check_every"), [("clip", 4), ("clip", 5), ("albef", 4)])

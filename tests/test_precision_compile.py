@@ -12,7 +12,7 @@ import torch
 from trainers.config import RunConfig, build_run_config
 from trainers.loop import WorkerSession, run_training
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 BATCH = 16
 
@@ -36,14 +36,6 @@ def step_losses(cfg: RunConfig) -> list[float]:
                             get_checkpoint=lambda: None)
     run_training({"run": cfg.model_dump(mode="json")}, session)
     return [report["train/loss"] for report in reports if "train/samples_per_s" not in report]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def mean(values: list[float]) -> float:
