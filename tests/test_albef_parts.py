@@ -122,3 +122,13 @@ def test_mask_tokens_follows_bert_rules(probability):
     if probability == 1.0:
         share_masked = (masked[chosen] == 2).float().mean().item()
         assert 0.75 < share_masked < 0.85
+
+
+def test_hard_negatives_are_drawn_even_from_a_diverged_similarity():
+    """Finiteness is read back only every few steps, so a NaN similarity may reach the sampler: it must
+    still draw another pair's index (the loop then stops on the non-finite loss and names the step)."""
+    from trainers.albef.pretrain import _sample_hard_negatives
+
+    for similarity in (torch.full((6, 6), float("nan")), torch.randn(6, 6)):
+        drawn = _sample_hard_negatives(similarity)
+        assert drawn.shape == (6,) and (drawn != torch.arange(6)).all()

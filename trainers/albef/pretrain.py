@@ -226,6 +226,8 @@ def steps_per_epoch(cfg: RunConfig) -> int:
 
 def _sample_hard_negatives(similarity: torch.Tensor) -> torch.Tensor:
     """One index per row, drawn from softmax(similarity) with the row's own pair excluded."""
-    weights = F.softmax(similarity.float(), dim=1) + 1e-5
+    # nan_to_num: the loop reads finiteness back only every few steps, so a diverged step may still come here;
+    # multinomial would raise on NaN weights, and the loop's own non-finite-loss stop should name the step
+    weights = torch.nan_to_num(F.softmax(similarity.float(), dim=1), nan=1.0) + 1e-5
     weights.fill_diagonal_(0.0)
     return torch.multinomial(weights, 1).squeeze(1)
