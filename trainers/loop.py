@@ -178,7 +178,7 @@ def build_optimizer(module: TrainingModule, train: TrainConfig) -> torch.optim.O
         groups[(train.lr * scale[module.tower_of(name)], exempt)].append(param)
     param_groups = [{"params": params, "lr": lr, "weight_decay": 0.0 if exempt else train.weight_decay}
                     for (lr, exempt), params in groups.items()]
-    return torch.optim.AdamW(param_groups, lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps)
+    return torch.optim.AdamW(param_groups, lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps, fused=True)
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
