@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainers.albef.names import FUSED_HEAD_METRICS
 from trainers.config import (
     ConfigError,
     RunConfig,
@@ -26,6 +26,7 @@ from trainers.config import (
     read_yaml,
     set_dotted,
 )
+from trainers.evaluate.names import TWO_TOWER_METRICS, MetricNames
 
 
 class _Strict(BaseModel):
@@ -161,46 +162,23 @@ class SearchConfig(_Strict):
 
 # --------------------------------------------------------------------------- metrics
 
-# Zero-shot is per set only (zeroshot/<set>/top{1,3,5}, a pattern below): sets differ in difficulty
-# and chance level, so a mean across them would hide which one moved.
-_EXACT_METRICS = {
-    "retrieval": [
-        f"retrieval/{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)
-    ] + ["retrieval/mean_recall"],
-    "linear_probe": ["linear_probe/top1"],
-    "structure": [
-        "structure/modality_gap", "structure/alignment", "structure/uniformity", "structure/pair_cosine",
-    ],
-    # ALBEF's heads, each beside its text-only control (images shuffled) and the margin between the two
-    **{task: [f"{task}/{name}" for name in ("accuracy", "text_only_accuracy", "image_margin")]
-       for task in ("vqa", "nlvr", "ve")},
-}
-_TRAINING_TERMS = ("contrastive", "gc", "bb", "dfs", "align", "inmodal", "itc", "itm", "mlm")
-TRAINING_METRICS = [
-    "epoch", "step", "train/loss", *(f"train/{t}_loss" for t in _TRAINING_TERMS),
-    "train/samples_per_s", "train/lr", "train/logit_scale",
-]
-_PROBE_FEATURES = (
-    "image", "text", "image_independent", "text_independent",
-    "image_concat", "text_concat", "image_pooled", "text_pooled",
-)
-_METRIC_PATTERNS = {
-    "zeroshot": (re.compile(r"zeroshot/[A-Za-z0-9_.-]+/top[135]"), "zeroshot/<set>/top{1,3,5}"),
-    "linear_probe": (
-        re.compile(rf"linear_probe/[A-Za-z0-9_]+/({'|'.join(_PROBE_FEATURES)})"),
-        f"linear_probe/<target>/<{'|'.join(_PROBE_FEATURES)}>",
-    ),
-    "kshot": (re.compile(r"kshot/k[0-9]+"), "kshot/k<K> for K in base.eval.kshot"),
-}
+# What each evaluation task emits, as the emitting modules declare it: the two-tower suite's tasks and
+# ALBEF's fused heads.
+_TASK_METRICS: dict[str, MetricNames] = TWO_TOWER_METRICS | FUSED_HEAD_METRICS
+
+
+def _is_training_metric(metric: str) -> bool:
+    """The training loop reports epoch, step and every loss term and training metric under train/."""
+    return metric in ("epoch", "step") or metric.startswith("train/")
 
 
 def metric_task(metric: str) -> str | None:
     """The evaluation task that reports `metric`; None for training metrics; raises if unknown."""
-    if metric in TRAINING_METRICS:
+    if _is_training_metric(metric):
         return None
     task = metric.split("/", 1)[0]
-    pattern = _METRIC_PATTERNS.get(task)
-    if metric in _EXACT_METRICS.get(task, ()) or (pattern and pattern[0].fullmatch(metric)):
+    names = _TASK_METRICS.get(task)
+    if names is not None and names.declares(metric):
         return task
     raise ValueError(f"unknown metric {metric!r}")
 
@@ -216,12 +194,7 @@ def selection_metric(metric: str) -> str:
 
 def _allowed_metrics(tasks: Iterable[str]) -> str:
     """The evaluation metrics a study may name as search.metric (training metrics have no validation split)."""
-    names: list[str] = []
-    for task in tasks:
-        names += _EXACT_METRICS.get(task, [])
-        if task in _METRIC_PATTERNS:
-            names.append(_METRIC_PATTERNS[task][1])
-    return ", ".join(names)
+    return ", ".join(name for task in tasks if task in _TASK_METRICS for name in _TASK_METRICS[task].described())
 
 
 # --------------------------------------------------------------------------- the pre-registered hypothesis
@@ -511,7 +484,10 @@ def _space_key_problems(spec: StudySpec) -> list[str]:
             else:
                 problems += _sample_value_problems(spec.base, key, param)
         elif key not in known_keys:
-            problems.append(f"search.space.{key}: unknown configuration key")
+            # the base's dump has only its own family's model keys
+            family = spec.base.model.family
+            reason = f"not a key of the {family} family" if key.startswith("model.") else "unknown configuration key"
+            problems.append(f"search.space.{key}: {reason}")
         else:
             problems += _sample_value_problems(spec.base, key, param)
     return problems

@@ -10,8 +10,7 @@ import math
 import pytest
 import torch
 
-from trainers.albef import ALBEF_FAMILY
-from trainers.albef.family import pretraining_verdict
+from trainers.albef.family import ALBEF_FAMILY, pretraining_verdict
 from trainers.albef.heads import FusedClassifier, FusedExamples, TwinFusionEncoder
 from trainers.albef.model import AlbefModel
 from trainers.albef.pretrain import steps_per_epoch

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainers.albef import ALBEF_FAMILY
+from trainers.albef.family import ALBEF_FAMILY
 from trainers.albef.heads import FinetuneSettings, accuracy, finetune, finetune_and_test
 from trainers.albef.inputs import AlbefInputs
 from trainers.config import RunConfig

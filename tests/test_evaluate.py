@@ -11,10 +11,8 @@ import torch.nn.functional as F
 
 from trainers.config import EvalConfig
 from trainers.data.tasks import ProbeTask, RetrievalTask, TaskSets, ZeroShotTask
-from trainers.evaluate import (
+from trainers.evaluate.metrics import (
     alignment,
-    embedding_sample,
-    evaluate_two_tower,
     kshot_probe,
     linear_probe,
     modality_gap,
@@ -24,6 +22,7 @@ from trainers.evaluate import (
     zeroshot_classifier,
     zeroshot_topk,
 )
+from trainers.evaluate.suite import embedding_sample, evaluate_two_tower
 
 
 def unit(*rows: list[float]) -> torch.Tensor:

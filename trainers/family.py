@@ -62,7 +62,7 @@ def get_family(name: str) -> Family:
 
         return CLIP_FAMILY
     if name == "albef":
-        from trainers.albef import ALBEF_FAMILY
+        from trainers.albef.family import ALBEF_FAMILY
 
         return ALBEF_FAMILY
     raise ValueError(f"model.family: unknown family {name!r} (expected clip or albef)")

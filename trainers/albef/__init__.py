@@ -1,5 +1,4 @@
-"""ALBEF (Li et al., NeurIPS 2021) ported to transformers 5, trained with the paper's regularizers."""
+"""ALBEF (Li et al., NeurIPS 2021) ported to transformers 5, trained with the paper's regularizers.
 
-from trainers.albef.family import ALBEF_FAMILY
-
-__all__ = ["ALBEF_FAMILY"]
+The family is `trainers.albef.family.ALBEF_FAMILY`; this package imports nothing itself, so that
+`trainers.albef.names` stays light for study validation and the report."""
