@@ -23,7 +23,7 @@ from scipy import stats  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
 from analysis.configs import REGULARIZER_KEYS, REGULARIZER_NAMES, configuration_order, regularizer_name  # noqa: E402
-from analysis.files import write_atomic  # noqa: E402
+from trainers.storage import write_atomic  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 FIGURE_FORMATS = ("png", "svg")

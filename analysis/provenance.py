@@ -17,9 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from analysis.files import write_atomic
+from trainers.storage import PROVENANCE_FILE, write_atomic
 
-PROVENANCE_FILE = "provenance.json"
 PACKAGES = ("torch", "ray", "optuna", "open_clip_torch", "transformers", "timm", "numpy", "scipy", "pandas")
 REPOSITORY = Path(__file__).resolve().parent.parent
 

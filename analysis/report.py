@@ -20,7 +20,6 @@ import pandas as pd
 from analysis import plots, provenance
 from analysis.checks import BedCheck, checks_frame, not_testable, probe_check
 from analysis.configs import REGULARIZER_KEYS, configuration_order
-from analysis.files import write_atomic
 from analysis.info_gap import InfoGapAnalysis, analyse_info_gap, is_info_gap_study
 from analysis.loading import Study, expected_trial_count, history_of, load, missing_trials
 from analysis.metrics import (
@@ -41,6 +40,7 @@ from analysis.summary import (
 )
 from analysis.tables import PAPER_TABLES, AblationTable, ablation_table, paper_table, reference_table
 from trainers.config import ConfigError
+from trainers.storage import EMBEDDINGS_FILE, OPTUNA_BASELINE_ATTR, PROVENANCE_FILE, REPORT_DIR, write_atomic
 
 FORMATS = ("html", "md", "tex")
 
@@ -287,7 +287,7 @@ def _figures_section(writer: ReportWriter, study: Study, trials: pd.DataFrame) -
 
 def _pca_figure(writer: ReportWriter, section: Section, study: Study, finished: pd.DataFrame) -> None:
     """The baseline's embeddings beside the best regularized configuration's (first seed with a file)."""
-    with_embeddings = finished[[Path(d, "embeddings.npz").is_file() for d in finished["trial_dir"]]]
+    with_embeddings = finished[[Path(d, EMBEDDINGS_FILE).is_file() for d in finished["trial_dir"]]]
     baseline = with_embeddings[with_embeddings["is_baseline"]]
     regularized = with_embeddings[~with_embeddings["is_baseline"]]
     if baseline.empty or regularized.empty or study.search.metric not in finished:
@@ -299,8 +299,8 @@ def _pca_figure(writer: ReportWriter, section: Section, study: Study, finished: 
               if config in set(regularized["config"])]
     best = regularized[regularized["config"] == ranked[0]].sort_values("seed").iloc[0]
     base = baseline.sort_values("seed").iloc[0]
-    panels = {f"{base['config']} (seed {base['seed']})": Path(base["trial_dir"], "embeddings.npz"),
-              f"{best['config']} (seed {best['seed']})": Path(best["trial_dir"], "embeddings.npz")}
+    panels = {f"{base['config']} (seed {base['seed']})": Path(base["trial_dir"], EMBEDDINGS_FILE),
+              f"{best['config']} (seed {best['seed']})": Path(best["trial_dir"], EMBEDDINGS_FILE)}
     if not all(plots.has_image_and_text_embeddings(path) for path in panels.values()):
         section.paragraphs.append("No embedding PCA: the evaluation data have no captions to embed beside the "
                                   "images (image-only zero-shot sets and no retrieval set).")
@@ -314,8 +314,6 @@ def _optuna_section(writer: ReportWriter, study: Study) -> Section | None:
         return None
     import optuna
 
-    from study.search import BASELINE_ATTR
-
     section = Section("Optuna search")
     try:
         optuna_study = plots.load_optuna_study(study.optuna_db, study.name)
@@ -323,7 +321,7 @@ def _optuna_section(writer: ReportWriter, study: Study) -> Section | None:
         section.paragraphs.append(f"{study.optuna_db} holds no study named {study.name!r}.")
         return section
     complete = optuna_study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    searched = [trial for trial in complete if BASELINE_ATTR not in trial.user_attrs]
+    searched = [trial for trial in complete if OPTUNA_BASELINE_ATTR not in trial.user_attrs]
     section.paragraphs.append(
         f"{len(searched)} completed Optuna trials" + (" and the baseline" if len(searched) < len(complete) else "")
         + f"; objective = {validation_name(study.search.metric)} averaged over seeds ({study.search.mode}). "
@@ -383,7 +381,7 @@ def _provenance_section(study: Study) -> Section:
                                f"{run.get('git_commit', '?')}; {run.get('machine', '?')}; "
                                + ", ".join(f"{k} {v}" for k, v in run.get("packages", {}).items()))
     if not runs:
-        section.bullets.append(f"no {provenance.PROVENANCE_FILE} in {study.results_dir}: how the study was run "
+        section.bullets.append(f"no {PROVENANCE_FILE} in {study.results_dir}: how the study was run "
                                "is not recorded")
     section.bullets.append(f"report built {built['date']}: `{built['command']}` — git commit {built['git_commit']}; "
                            f"{built['machine']}; " + ", ".join(f"{k} {v}" for k, v in built["packages"].items()))
@@ -507,7 +505,7 @@ def write_report_and_answer(results_dir: str | Path, out_dir: str | Path | None 
         raise ValueError(f"--formats: unknown format(s) {', '.join(unknown)} (choose from {', '.join(FORMATS)})")
     trials = load(results_dir)
     study: Study = trials.attrs["study"]
-    out_dir = Path(out_dir) if out_dir is not None else study.results_dir / "report"
+    out_dir = Path(out_dir) if out_dir is not None else study.results_dir / REPORT_DIR
     writer = ReportWriter(out_dir, tuple(formats))
     sections = build_sections(study, trials, writer, interrupted)
     title = f"Study report: {study.name}" + (" (partial)" if _is_partial(study, trials, interrupted) else "")

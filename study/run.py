@@ -25,15 +25,21 @@ from typing import Any
 import yaml
 
 from analysis import provenance
-from analysis.files import write_atomic
 from study.console import StudyInterrupt
 from study.spec import StudySpec, load_study, searched_keys, selection_metric
 from trainers.config import ConfigError
+from trainers.storage import (
+    OPTUNA_FILE,
+    STUDY_FILE,
+    TRAIN_DIR,
+    TRIALS_DIR,
+    absolute_location,
+    is_uri,
+    local_path,
+    write_atomic,
+)
 from trainers.train import CHECKPOINTS_KEPT, check_data, init_ray
 
-EXPERIMENT = "trials"
-STUDY_FILE = "study.yaml"
-OPTUNA_FILE = "optuna.db"
 MIN_FREE_BYTES = 200 * 2**20
 
 
@@ -44,14 +50,6 @@ class StudyError(ValueError):
 # --------------------------------------------------------------------------- results directory
 
 
-def is_uri(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
-def local_path(path: str) -> Path:
-    return Path(path.removeprefix("file://")).expanduser().resolve()
-
-
 def check_results_dir(results: str, resume: bool) -> None:
     """Writable, with room, and not someone else's study: checked before anything starts."""
     if is_uri(results):
@@ -60,8 +58,8 @@ def check_results_dir(results: str, resume: bool) -> None:
     existing = path / STUDY_FILE
     if existing.exists() and not resume:
         raise StudyError(f"{path}: already holds a study; pass --resume to continue it, or choose --results")
-    if resume and not (path / EXPERIMENT).is_dir():
-        raise StudyError(f"{path}: no study to resume here ({path / EXPERIMENT} is missing)")
+    if resume and not (path / TRIALS_DIR).is_dir():
+        raise StudyError(f"{path}: no study to resume here ({path / TRIALS_DIR} is missing)")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-probe-{uuid.uuid4().hex}"
@@ -173,15 +171,16 @@ def build_tuner(spec: StudySpec, results: str, resume: bool):
     from ray import tune
 
     from study.console import StudyProgress, StudyReporter
+    from study.live_metrics import MetricsExport
     from study.search import build_tune_config
     from study.trial import run_trial
 
-    storage = results if is_uri(results) else str(local_path(results))
+    storage = absolute_location(results)
     trainable = tune.with_parameters(
-        run_trial, study=spec.to_yaml_dict(), train_storage=f"{storage.rstrip('/')}/train"
+        run_trial, study=spec.to_yaml_dict(), train_storage=f"{storage.rstrip('/')}/{TRAIN_DIR}"
     )
     trainable = named_trial_actor(tune.with_resources(trainable, trial_process_resources(spec)))
-    experiment = f"{storage.rstrip('/')}/{EXPERIMENT}"
+    experiment = f"{storage.rstrip('/')}/{TRIALS_DIR}"
     if resume:
         return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
 
@@ -202,13 +201,13 @@ def build_tuner(spec: StudySpec, results: str, resume: bool):
     )
     in_trial = spec.base.resources.trains_in_trial_process()
     run_config = tune.RunConfig(
-        name=EXPERIMENT,
+        name=TRIALS_DIR,
         storage_path=storage,
         progress_reporter=reporter,
         # a worker group's failures are Ray Train's to retry; an in-process trial's are Tune's
         failure_config=tune.FailureConfig(max_failures=spec.base.train.max_failures if in_trial else 0),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
-        callbacks=[StudyProgress(spec.num_trials(), spec.base.train.epochs, selected_on)],
+        callbacks=[StudyProgress(spec.num_trials(), spec.base.train.epochs, selected_on), MetricsExport(spec.name)],
         verbose=1,
     )
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)

@@ -29,10 +29,9 @@ from study.spec import (
     grid_values,
     selection_metric,
 )
+from trainers.storage import OPTUNA_BASELINE_ATTR
 
 SWITCH_SUFFIX = ":on"
-# the Optuna user attribute that marks the baseline's record (see SeededRepeater)
-BASELINE_ATTR = "baseline"
 
 
 def trial_name(trial_id: str) -> str:
@@ -191,7 +190,7 @@ class SeededRepeater(Repeater):
         mean = sum(self.baseline_scores.values()) / len(self.baseline_scores)
         study.add_trial(optuna.trial.create_trial(
             value=mean, params={}, distributions={},
-            user_attrs={BASELINE_ATTR: self.baseline, "seeds": self.seeds},
+            user_attrs={OPTUNA_BASELINE_ATTR: self.baseline, "seeds": self.seeds},
         ))
         self.baseline_recorded = True
 

@@ -29,10 +29,9 @@ from study.spec import StudySpec
 from trainers.config import RunConfig
 from trainers.data.images import InputDataError
 from trainers.loop import NonFiniteLossError
+from trainers.storage import EMBEDDINGS_FILE, REPORTS_DIR, filesystem_of, write_atomic
 from trainers.train import build_torch_trainer, fit_run
 
-EMBEDDINGS_FILE = "embeddings.npz"
-REPORTS_DIR = "reports"
 # A trial stopped by a failure that a retry would meet again leaves its reason here, so that Tune's
 # retries of it fail at once: the failure and its marker file.
 STOPPED_MARKERS: dict[type[Exception], str] = {
@@ -42,10 +41,7 @@ STOPPED_MARKERS: dict[type[Exception], str] = {
 
 
 def _reports_dir(train_storage: str, run_name: str):
-    import pyarrow.fs
-
-    uri = train_storage if "://" in train_storage else f"file://{train_storage}"
-    filesystem, root = pyarrow.fs.FileSystem.from_uri(uri)
+    filesystem, root = filesystem_of(train_storage)
     return filesystem, f"{root.rstrip('/')}/{run_name}/{REPORTS_DIR}"
 
 
@@ -75,12 +71,8 @@ def report_log(train_storage: str, run_name: str, num_existing: int):
 
         def after_report(self, run_context, metrics, checkpoint):
             filesystem, directory = _reports_dir(train_storage, run_name)
-            filesystem.create_dir(directory, recursive=True)
             # written whole, then renamed: a kill never leaves a half report to replay
-            path = f"{directory}/{self.next_index:06d}.json"
-            with filesystem.open_output_stream(f"{path}.tmp") as stream:
-                stream.write(json.dumps(metrics[0]).encode())
-            filesystem.move(f"{path}.tmp", path)
+            write_atomic(f"{directory}/{self.next_index:06d}.json", json.dumps(metrics[0]), filesystem)
             self.next_index += 1
 
     return ReportLog()
@@ -103,7 +95,7 @@ def run_trial(config: dict[str, Any], study: dict[str, Any], train_storage: str)
             checkpoint = _train_on_worker_group(cfg, train_storage, trial_name(context.get_trial_id()))
     except (NonFiniteLossError, InputDataError) as exc:
         reason = exc.reason if isinstance(exc, InputDataError) else str(exc)
-        _write_atomic(filesystem, f"{trial_dir}/{STOPPED_MARKERS[type(exc)]}", reason.encode())
+        write_atomic(f"{trial_dir}/{STOPPED_MARKERS[type(exc)]}", reason, filesystem)
         raise
     if checkpoint is not None:
         import pyarrow.fs
@@ -111,7 +103,7 @@ def run_trial(config: dict[str, Any], study: dict[str, Any], train_storage: str)
         source = f"{checkpoint.path}/{EMBEDDINGS_FILE}"
         if checkpoint.filesystem.get_file_info(source).type == pyarrow.fs.FileType.File:
             with checkpoint.filesystem.open_input_stream(source) as stream:
-                _write_atomic(filesystem, f"{trial_dir}/{EMBEDDINGS_FILE}", stream.read())
+                write_atomic(f"{trial_dir}/{EMBEDDINGS_FILE}", stream.read(), filesystem)
 
 
 def trial_directory():
@@ -131,14 +123,6 @@ def _read_text(filesystem, path: str) -> str | None:
         return None
     with filesystem.open_input_stream(path) as stream:
         return stream.read().decode()
-
-
-def _write_atomic(filesystem, path: str, payload: bytes) -> None:
-    """Written whole, then renamed: a reader never finds half a file."""
-    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with filesystem.open_output_stream(f"{path}.tmp") as stream:
-        stream.write(payload)
-    filesystem.move(f"{path}.tmp", path)
 
 
 def _train_in_trial_process(cfg: RunConfig) -> Any:

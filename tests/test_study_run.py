@@ -129,16 +129,16 @@ def test_optuna_study_end_to_end_with_a_file_uri(tmp_path: Path, start_study):
     # that mean per epoch as its intermediate values; and the baseline's mean, recorded as a trial of its own.
     import optuna
 
-    from study.search import BASELINE_ATTR
+    from trainers.storage import OPTUNA_BASELINE_ATTR
 
     trials_seen = optuna.load_study(study_name="gc", storage=f"sqlite:///{results / 'optuna.db'}").trials
     assert [trial.state.name for trial in trials_seen] == ["COMPLETE", "COMPLETE"]
-    (baseline,) = [trial for trial in trials_seen if BASELINE_ATTR in trial.user_attrs]
-    (searched,) = [trial for trial in trials_seen if BASELINE_ATTR not in trial.user_attrs]
+    (baseline,) = [trial for trial in trials_seen if OPTUNA_BASELINE_ATTR in trial.user_attrs]
+    (searched,) = [trial for trial in trials_seen if OPTUNA_BASELINE_ATTR not in trial.user_attrs]
     assert searched.value == pytest.approx(sum(finals.values()) / 2)
     assert sorted(searched.intermediate_values) == [1, 2]
     assert searched.intermediate_values[2] == pytest.approx(searched.value)
-    assert baseline.user_attrs[BASELINE_ATTR] == {"regularizers.gc": 0.0} and baseline.params == {}
+    assert baseline.user_attrs[OPTUNA_BASELINE_ATTR] == {"regularizers.gc": 0.0} and baseline.params == {}
     # the end of the run: the best configuration (on validation, as the report selects it) with its values
     best = next(line for line in output.splitlines() if line.startswith("best configuration (selected on val/"))
     frame_best = "baseline" if baseline.value >= searched.value else "GC="

@@ -172,6 +172,11 @@ BAD_STUDIES = {
     "log int low < 1": (
         _set("search/space/train.epochs", {"type": "int", "low": 0, "high": 4, "log": True}),
         r"^search\.space\.train\.epochs\.low: must be >= 1 for a log-scale int$"),
+    "key of another model family in base": (
+        _set("base/model/queue_size", 256), r"^base\.model\.queue_size: not a key of the clip family$"),
+    "space over a key of another model family": (
+        _set("search/space/model.pooling", {"type": "choice", "values": ["cls", "mean"]}),
+        r"^search\.space\.model\.pooling: not a key of the clip family$"),
     "unknown space key": (
         _set("search/space/regularizers.gcc", {"type": "uniform", "low": 0, "high": 1}),
         r"^search\.space\.regularizers\.gcc: unknown configuration key$"),
@@ -427,7 +432,8 @@ def test_seeded_repeater_runs_the_baseline_first_and_records_it_in_optuna():
     """The baseline runs first, once per seed, outside Optuna's sampler; its mean is then added to the Optuna
     study as a trial of its own (so optuna-dashboard ranks against it); each epoch's mean over seeds of a
     searched configuration is its Optuna trial's intermediate value."""
-    from study.search import BASELINE_ATTR, SeededRepeater
+    from study.search import SeededRepeater
+    from trainers.storage import OPTUNA_BASELINE_ATTR
 
     space = build_study({
         "name": "s", "search": {"metric": "zeroshot/synthetic_shapes/top1",
@@ -445,11 +451,12 @@ def test_seeded_repeater_runs_the_baseline_first_and_records_it_in_optuna():
         searcher.on_trial_result("t3", {SELECTED_ON: second, "training_iteration": step})
     for trial_id, score in zip(["t0", "t2", "t1", "t3"], [0.9, 0.2, 0.7, 0.4], strict=True):
         searcher.on_trial_complete(trial_id, {SELECTED_ON: score})
-    searched, baseline = sorted(optuna_search._ot_study.trials, key=lambda trial: BASELINE_ATTR in trial.user_attrs)
+    searched, baseline = sorted(optuna_search._ot_study.trials,
+                                key=lambda trial: OPTUNA_BASELINE_ATTR in trial.user_attrs)
     assert searched.value == pytest.approx(0.3)  # the searched group's mean
     assert searched.intermediate_values == pytest.approx({1: 0.2, 2: 0.3})
     assert baseline.value == pytest.approx(0.8) and baseline.params == {}
-    assert baseline.user_attrs[BASELINE_ATTR] == {"regularizers.gc": 0.0}
+    assert baseline.user_attrs[OPTUNA_BASELINE_ATTR] == {"regularizers.gc": 0.0}
     assert optuna_search._ot_study.best_trial.number == baseline.number  # as the report would say: it won
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trainers.config import ConfigError, RunConfig, load_run_config
+from trainers.storage import absolute_location, is_uri, write_atomic
 
 # epoch-end checkpoints kept per run (Ray Train's, or Tune's for a trial that trains in its own process)
 CHECKPOINTS_KEPT = 2
@@ -120,10 +121,6 @@ def check_data(cfg: RunConfig) -> None:
         check_annotations(data)
 
 
-def absolute_storage(path: str) -> str:
-    return path if "://" in path else str(Path(path).expanduser().resolve())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainers.train", description=__doc__.splitlines()[0])
     parser.add_argument("config", help="run YAML (or a study YAML: its base configuration is run)")
@@ -142,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    storage = absolute_storage(args.storage)
+    storage = absolute_location(args.storage)
     init_ray(args.address)
     trainer = build_torch_trainer(
         cfg,
@@ -150,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.name,
         loop_options={
             "show_progress": not args.no_progress,
-            "tensorboard_dir": str(Path(storage) / cfg.name / "tensorboard") if "://" not in storage else None,
+            "tensorboard_dir": None if is_uri(storage) else str(Path(storage) / cfg.name / "tensorboard"),
         },
     )
     from trainers.data.images import InputDataError
@@ -173,11 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: training failed: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
         return 1
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float | str)}
-    out = Path(storage) / cfg.name / "metrics.json" if "://" not in storage else Path("metrics.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    tmp.replace(out)
+    out = Path("metrics.json") if is_uri(storage) else Path(storage) / cfg.name / "metrics.json"
+    write_atomic(out, json.dumps(metrics, indent=2, sort_keys=True))
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()
                       if "/" in k and not k.startswith("train/")}, indent=1))
     print(f"metrics: {out}\ncheckpoint: {result.checkpoint.path if result.checkpoint else None}")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from trainers.storage import write_atomic
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "latent-modality-study"
 
@@ -22,25 +22,12 @@ def cache_key(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_array(path: Path, array: np.ndarray) -> None:
-    _atomic_write(path, lambda handle: np.save(handle, array))
+    write_atomic(path, lambda stream: np.save(stream, array))
 
 
 def save_json(path: Path, value: Any) -> None:
-    _atomic_write(path, lambda handle: handle.write(json.dumps(value).encode()))
+    write_atomic(path, json.dumps(value))
 
 
 def load_array(path: Path) -> np.ndarray | None:
