@@ -10,10 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from trainers.albef.names import FUSED_HEAD_METRICS, FUSED_HEADS, PRETRAINING_METRICS, TRAINED_FLAG
+from trainers.evaluate.names import TWO_TOWER_METRICS
+
 VALIDATION_PREFIX = "val/"
 
+# ALBEF's fused heads: each accuracy beside its text-only control and the margin between the two, which is
+# what the image adds (as trainers/albef/names.py declares them).
+ALBEF_HEADS = FUSED_HEADS
+ALBEF_HEAD_METRICS = tuple(name for head in ALBEF_HEADS for name in FUSED_HEAD_METRICS[head].exact)
+# ALBEF pre-training's end state: running ITC beside its chance value ln(B + Q), ITM accuracy beside its 2/3
+# prior, the cosine between online and momentum features (what GC / BB compare against: ALBEF's views), and
+# albef/trained (1/0): 0 marks a trial whose ITC is not below chance or whose ITM is at its prior, which a
+# report should list as "not trained" and leave out of comparisons.
+ALBEF_TRAINED_FLAG = TRAINED_FLAG
+ALBEF_PRETRAINING_METRICS = PRETRAINING_METRICS.exact
+
 # Downstream metrics a reader compares configurations on, in the order tables show them (after the
-# per-set zero-shot accuracies, see `downstream_metrics`).
+# per-set zero-shot accuracies, see `downstream_metrics`). Every name here is one the evaluation declares
+# (tests/test_metric_names.py checks).
 DOWNSTREAM_METRICS = (
     "retrieval/mean_recall",
     "retrieval/i2t_r1",
@@ -22,43 +37,12 @@ DOWNSTREAM_METRICS = (
     "kshot/k1",
     "kshot/k5",
     "kshot/k10",
-    "vqa/accuracy",
-    "vqa/text_only_accuracy",
-    "vqa/image_margin",
-    "nlvr/accuracy",
-    "nlvr/text_only_accuracy",
-    "nlvr/image_margin",
-    "ve/accuracy",
-    "ve/text_only_accuracy",
-    "ve/image_margin",
-)
-
-# ALBEF's fused heads: each accuracy beside its text-only control (the same head fine-tuned and tested with
-# every image another example's) and the margin between the two, which is what the image adds.
-ALBEF_HEADS = ("vqa", "nlvr", "ve")
-ALBEF_HEAD_METRICS = tuple(
-    f"{head}/{name}" for head in ALBEF_HEADS for name in ("accuracy", "text_only_accuracy", "image_margin")
-)
-# ALBEF pre-training's end state: running ITC beside its chance value ln(B + Q), ITM accuracy beside its 2/3
-# prior, the cosine between online and momentum features (what GC / BB compare against: ALBEF's views), and
-# albef/trained (1/0): 0 marks a trial whose ITC is not below chance or whose ITM is at its prior, which a
-# report should list as "not trained" and leave out of comparisons.
-ALBEF_TRAINED_FLAG = "albef/trained"
-ALBEF_PRETRAINING_METRICS = (
-    "albef/itc_loss",
-    "albef/itc_chance",
-    "albef/itm_accuracy",
-    "albef/itm_prior_accuracy",
-    "albef/momentum_cosine",
-    ALBEF_TRAINED_FLAG,
+    *ALBEF_HEAD_METRICS,
 )
 
 # The latent-structure diagnostics: geometry of the embedding and what each modality keeps.
 STRUCTURE_METRICS = (
-    "structure/modality_gap",
-    "structure/alignment",
-    "structure/uniformity",
-    "structure/pair_cosine",
+    *TWO_TOWER_METRICS["structure"].exact,
     "linear_probe/image_only/image",
     "linear_probe/text_only/text",
     "linear_probe/image_only/image_independent",

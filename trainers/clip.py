@@ -26,7 +26,7 @@ from torch import nn
 import trainers.small_cnn  # noqa: F401  (registers the tiny-cnn image tower with timm)
 from trainers.config import RunConfig
 from trainers.family import Batch, Family, TrainingModule
-from trainers.regularizers import LatentStructureLoss
+from trainers.regularizers import CONTRASTIVE_TERMS, REGULARIZER_TERMS, LatentStructureLoss
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -138,6 +138,9 @@ TEXT_TOWER_PREFIXES = ("model.token_embedding", "model.positional_embedding", "m
 
 
 class ClipTrainingModule(TrainingModule):
+    loss_names = (*CONTRASTIVE_TERMS, *REGULARIZER_TERMS)
+    metric_names = ("logit_scale",)
+
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__()
         self.model = create_open_clip_model(cfg.model.arch, cfg.model.pretrained)

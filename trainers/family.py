@@ -28,6 +28,11 @@ class TrainingModule(nn.Module):
         averaged on the device, so returning them costs no host sync per step.
     """
 
+    # Every name `forward` may return (a term only when its weight is on), declared by each family beside its
+    # forward; the loop logs them as train/<name>, and tests/test_metric_names.py checks the declarations.
+    loss_names: tuple[str, ...] = ()
+    metric_names: tuple[str, ...] = ()
+
     def forward(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, float | torch.Tensor]]:
         raise NotImplementedError
 

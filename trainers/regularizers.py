@@ -307,6 +307,12 @@ def _gather_global_batch(features: dict[str, Tensor | None]) -> dict[str, Tensor
     return {name: parts.get(name) for name in features}
 
 
+# The terms LatentStructureLoss returns (each only when its weight is above 0); the contrastive ones only
+# with contrastive=True. tests/test_metric_names.py checks forward returns exactly these.
+CONTRASTIVE_TERMS = ("contrastive_loss", "inmodal_loss")
+REGULARIZER_TERMS = ("align_loss", "gc_loss", "bb_loss", "dfs_loss")
+
+
 class LatentStructureLoss(nn.Module):
     """The base contrastive loss plus the paper's regularizers, as open_clip-style weighted terms.
 

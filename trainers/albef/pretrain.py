@@ -20,7 +20,7 @@ from trainers.albef.model import AlbefModel, momentum_copy, momentum_update
 from trainers.albef.queue import FeatureQueue
 from trainers.config import RunConfig
 from trainers.family import Batch, TrainingModule
-from trainers.regularizers import LatentStructureLoss
+from trainers.regularizers import REGULARIZER_TERMS, LatentStructureLoss
 
 TEMPERATURE_RANGE = (0.001, 0.5)
 INITIAL_TEMPERATURE = 0.07
@@ -31,6 +31,10 @@ ITM_PRIOR_ACCURACY = 2.0 / 3.0
 
 
 class AlbefPretraining(TrainingModule):
+    # ITC, ITM, MLM, then the regularizers without a contrastive term (ITC is ALBEF's own)
+    loss_names = ("itc_loss", "itm_loss", "mlm_loss", *REGULARIZER_TERMS)
+    metric_names = ("temperature", "logit_scale", "itm_accuracy")
+
     def __init__(self, cfg: RunConfig, tokens: SpecialTokens):
         super().__init__()
         model_config = cfg.model
