@@ -23,7 +23,6 @@ import pandas as pd
 
 from analysis.checks import BedCheck, not_testable, probe_check
 from analysis.configs import REGULARIZER_KEYS, regularizer_name
-from analysis.loading import Study
 from analysis.metrics import MODALITY_SPECIFIC_PROBES, SHARED_CLASS_PROBE, info_gap_metrics, readable
 from analysis.stats import (
     ALPHA,
@@ -36,8 +35,7 @@ from analysis.stats import (
     sidedness,
     sign_flip_power,
 )
-from study.spec import ComparisonSpec, HypothesisSpec, resolved_cell, searched_keys
-from trainers.config import ConfigError, read_yaml
+from study.spec import ComparisonSpec, HypothesisSpec, StudySpec, resolved_cell
 
 ALIGN_KEY = "regularizers.align"
 GAP_KEY = "data.info_gap"
@@ -49,17 +47,6 @@ POWER_SIMULATIONS = 4000
 
 def is_info_gap_study(searched: list[str]) -> bool:
     return GAP_KEY in searched or ALIGN_KEY in searched
-
-
-def read_hypothesis(study: Study) -> HypothesisSpec | None:
-    """The study's pre-registered hypothesis, as written to study.yaml; None when it has none."""
-    tree = read_yaml(study.results_dir / "study.yaml").get("hypothesis")
-    if tree is None:
-        return None
-    try:
-        return HypothesisSpec.model_validate(tree)
-    except ValueError as exc:
-        raise ConfigError(f"{study.results_dir / 'study.yaml'}: hypothesis: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -107,10 +94,10 @@ def _cell_label(cell: dict[str, Any], batch_size: int | None = None) -> str:
     return f"{text} [batch {batch_size}]" if has_weight and batch_size is not None else text
 
 
-def cell_trials(trials: pd.DataFrame, study: Study, cell: dict[str, Any]) -> pd.DataFrame:
+def cell_trials(trials: pd.DataFrame, study: StudySpec, cell: dict[str, Any]) -> pd.DataFrame:
     """The finished trials of one hypothesis cell: every searched key at the cell's resolved value."""
     resolved = resolved_cell(study.base, cell)
-    keys = [key for key in dict.fromkeys([*searched_keys(study.search.space), *cell]) if key in trials]
+    keys = [key for key in dict.fromkeys([*study.search.searched_keys, *cell]) if key in trials]
     finished = trials[trials["status"] == "finished"]
     mask = pd.Series(True, index=finished.index)
     for key in keys:
@@ -127,14 +114,14 @@ def _same(value: Any, want: Any) -> bool:
     return value == want
 
 
-def _cell_values(trials: pd.DataFrame, study: Study, cell: dict[str, Any], metric: str) -> pd.Series:
+def _cell_values(trials: pd.DataFrame, study: StudySpec, cell: dict[str, Any], metric: str) -> pd.Series:
     subset = cell_trials(trials, study, cell)
     if metric not in subset:
         return pd.Series(dtype=float)
     return per_seed(subset[metric], subset["seed"])
 
 
-def contrast(trials: pd.DataFrame, study: Study, spec: ComparisonSpec, metric: str) -> tuple[Comparison, dict]:
+def contrast(trials: pd.DataFrame, study: StudySpec, spec: ComparisonSpec, metric: str) -> tuple[Comparison, dict]:
     """The per-seed contrast of `spec` on `metric` (seeds present in every cell), tested, uncorrected."""
     parts = [("effect", spec.effect)] + ([("minus", spec.minus)] if spec.minus is not None else [])
     series: dict[str, pd.Series] = {}
@@ -157,7 +144,7 @@ def contrast(trials: pd.DataFrame, study: Study, spec: ComparisonSpec, metric: s
     return comparison, means
 
 
-def _family(trials: pd.DataFrame, study: Study, specs: list[ComparisonSpec], family: str) -> list[ContrastResult]:
+def _family(trials: pd.DataFrame, study: StudySpec, specs: list[ComparisonSpec], family: str) -> list[ContrastResult]:
     raw = [(spec, metric, *contrast(trials, study, spec, metric)) for spec in specs for metric in spec.metrics]
     corrected = correct([comparison for _, _, comparison, _ in raw], family)
     return [ContrastResult(family, spec.name, metric, comparison, means)
@@ -167,7 +154,7 @@ def _family(trials: pd.DataFrame, study: Study, specs: list[ComparisonSpec], fam
 # --------------------------------------------------------------------------- the pre-registered test
 
 
-def bed_checks(trials: pd.DataFrame, study: Study, hypothesis: HypothesisSpec) -> list[BedCheck]:
+def bed_checks(trials: pd.DataFrame, study: StudySpec, hypothesis: HypothesisSpec) -> list[BedCheck]:
     """In the primary's reference cell (no pressure at the high gap): the shared class far above chance
     and every modality-specific probe the primary tests above chance."""
     cell = hypothesis.primary.effect.reference
@@ -220,7 +207,7 @@ def _p(comparison: Comparison) -> str:
     return f"p = {comparison.corrected_p:.3g}" if comparison.corrected_p >= 0.001 else "p < 0.001"
 
 
-def analyse_hypothesis(trials: pd.DataFrame, study: Study, hypothesis: HypothesisSpec) -> InfoGapAnalysis:
+def analyse_hypothesis(trials: pd.DataFrame, study: StudySpec, hypothesis: HypothesisSpec) -> InfoGapAnalysis:
     checks = bed_checks(trials, study, hypothesis)
     untestable = not_testable(checks)
     primary = _family(trials, study, [hypothesis.primary], PRIMARY_FAMILY)
@@ -298,10 +285,9 @@ def analyse_exploratory(trials: pd.DataFrame) -> InfoGapAnalysis:
     return InfoGapAnalysis(verdict, findings, results)
 
 
-def analyse_info_gap(trials: pd.DataFrame, study: Study | None = None) -> InfoGapAnalysis:
+def analyse_info_gap(trials: pd.DataFrame, study: StudySpec | None = None) -> InfoGapAnalysis:
     study = study if study is not None else trials.attrs.get("study")
-    hypothesis = read_hypothesis(study) if study is not None else None
-    if hypothesis is not None:
-        return analyse_hypothesis(trials, study, hypothesis)
+    if study is not None and study.hypothesis is not None:
+        return analyse_hypothesis(trials, study, study.hypothesis)
     return analyse_exploratory(trials)
 

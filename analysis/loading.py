@@ -11,97 +11,31 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from analysis.configs import REGULARIZER_KEYS, label_configurations
-from study.spec import searched_keys
-from trainers.config import ConfigError, DataConfig, RunConfig, build_run_config, read_yaml, set_dotted
+from study.spec import StudySpec, grid_values, load_study, trial_params
+from trainers.config import flatten
+from trainers.storage import STUDY_FILE, TRIALS_DIR
 
 SEED_KEY = "train.seed"
 # Resolved for every trial, searched or not, because labels, plots and the info-gap section need them.
 ALWAYS_RESOLVED = (*REGULARIZER_KEYS, "data.info_gap")
 
 
-@dataclass(frozen=True)
-class SearchSpec:
-    method: str
-    metric: str
-    mode: str
-    num_samples: int
-    seeds: list[int]
-    space: dict[str, dict[str, Any]]
-    scheduler: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def searched_keys(self) -> list[str]:
-        return searched_keys(self.space)
-
-
-@dataclass(frozen=True)
-class Study:
-    results_dir: Path
-    name: str
-    base: RunConfig
-    search: SearchSpec
-
-    @property
-    def trials_dir(self) -> Path:
-        return self.results_dir / "trials"
-
-    @property
-    def optuna_db(self) -> Path:
-        return self.results_dir / "optuna.db"
-
-
-def read_study(results_dir: str | Path) -> Study:
-    """Parse RESULTS_DIR/study.yaml; a missing directory or file is a ValueError naming it."""
+def read_study(results_dir: str | Path) -> StudySpec:
+    """Validate RESULTS_DIR/study.yaml; a missing directory or file is a ValueError naming it. Local data
+    paths need not exist here: results are often read away from the data they were trained on."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise ValueError(f"{results_dir}: no such directory")
-    study_file = results_dir / "study.yaml"
+    study_file = results_dir / STUDY_FILE
     if not study_file.is_file():
-        raise ValueError(f"{results_dir}: not a study results directory (no study.yaml)")
-    tree = read_yaml(study_file)
-    for key in ("base", "search"):
-        if not isinstance(tree.get(key), dict):
-            raise ConfigError(f"{study_file}: {key}: missing or not a mapping")
-    search = tree["search"]
-    try:
-        spec = SearchSpec(
-            method=str(search.get("method", "grid")),
-            metric=str(search["metric"]),
-            mode=str(search.get("mode", "max")),
-            num_samples=int(search.get("num_samples", 1)),
-            seeds=[int(seed) for seed in search.get("seeds", [0])],
-            space=dict(search.get("space") or {}),
-            scheduler=dict(search.get("scheduler") or {}),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{study_file}: search: malformed ({exc})") from None
-    return Study(results_dir, str(tree.get("name", results_dir.name)), _base_config(tree["base"]), spec)
-
-
-def _base_config(tree: dict) -> RunConfig:
-    """The study's base; data paths may not exist where the analysis runs (results copied off a
-    cluster), so a data section that fails only its path checks is taken as written."""
-    try:
-        return build_run_config(tree, "base")
-    except ConfigError:
-        rest = {key: value for key, value in tree.items() if key != "data"}
-        config = build_run_config(rest, "base")
-        return config.model_copy(update={"data": DataConfig.model_construct(**(tree.get("data") or {}))})
-
-
-def trial_config(study: Study, params: dict[str, Any]) -> dict[str, Any]:
-    """The full nested configuration of a trial: the study's base with the trial's flat params set."""
-    tree = study.base.model_dump()
-    for key, value in params.items():
-        set_dotted(tree, key, value, merge=True)
-    return tree
+        raise ValueError(f"{results_dir}: not a study results directory (no {STUDY_FILE})")
+    return load_study(study_file, check_paths=False)
 
 
 # --------------------------------------------------------------------------- one trial
@@ -166,7 +100,7 @@ def _final_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
     return final
 
 
-def read_trial(study: Study, trial_dir: Path) -> dict[str, Any]:
+def read_trial(study: StudySpec, trial_dir: Path) -> dict[str, Any]:
     """One tidy record of a trial: identity, status, searched parameters, resources, final metrics."""
     params = _read_params(trial_dir)
     rows = read_result_rows(trial_dir)
@@ -180,13 +114,13 @@ def read_trial(study: Study, trial_dir: Path) -> dict[str, Any]:
         status, reason = "incomplete", "no results reported"
     elif epochs >= study.base.train.epochs:
         status = "finished"
-    elif study.search.scheduler.get("type") == "asha":
+    elif study.search.scheduler.type == "asha":
         status = "stopped_early"
         reason = f"stopped after {epochs} of {study.base.train.epochs} epochs"
     else:  # nothing stops a trial early without a scheduler: the study was interrupted (or is still running)
         status = "incomplete"
         reason = f"{epochs} of {study.base.train.epochs} epochs so far (--resume continues it)"
-    resolved = trial_config(study, params)
+    resolved = flatten(study.trial_run_config(trial_params(params)).model_dump())
     record: dict[str, Any] = {
         "trial_id": next((row["trial_id"] for row in rows if "trial_id" in row), trial_dir.name),
         "trial_dir": str(trial_dir),
@@ -197,27 +131,19 @@ def read_trial(study: Study, trial_dir: Path) -> dict[str, Any]:
         "time_total_s": rows[-1].get("time_total_s") if rows else None,
     }
     for key in dict.fromkeys([*study.search.searched_keys, *ALWAYS_RESOLVED]):
-        record[key] = _dotted_get(resolved, key)
+        record[key] = resolved.get(key)
     for key, value in study.base.resources.model_dump().items():
         record[f"resources.{key}"] = value
     record.update(_final_metrics(rows))
     return record
 
 
-def _dotted_get(tree: dict, key: str) -> Any:
-    node: Any = tree
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def trial_dirs(study: Study) -> list[Path]:
+def trial_dirs(results_dir: Path) -> list[Path]:
     """Tune's per-trial directories: every subdirectory of trials/ (Tune's own files sit beside them)."""
-    if not study.trials_dir.is_dir():
+    trials_dir = results_dir / TRIALS_DIR
+    if not trials_dir.is_dir():
         return []
-    children = study.trials_dir.iterdir()
+    children = trials_dir.iterdir()
     return sorted(path for path in children if path.is_dir() and not path.name.startswith("."))
 
 
@@ -227,7 +153,7 @@ def trial_dirs(study: Study) -> list[Path]:
 def load(results_dir: str | Path) -> pd.DataFrame:
     """One tidy row per trial of the study in `results_dir` (see the module docstring for statuses)."""
     study = read_study(results_dir)
-    records = [read_trial(study, path) for path in trial_dirs(study)]
+    records = [read_trial(study, path) for path in trial_dirs(Path(results_dir))]
     trials = pd.DataFrame.from_records(records)
     if trials.empty:
         trials = pd.DataFrame(columns=["trial_id", "trial_dir", "status", "error", "seed", *ALWAYS_RESOLVED])
@@ -272,41 +198,19 @@ def history_of(trials: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- what is missing
 
 
-def _grid_values(spec: dict[str, Any]) -> list[Any] | None:
-    """The values of one grid axis; an optional (on/off) parameter adds its off value."""
-    values = spec.get("values")
-    if not isinstance(values, list):
-        return None
-    return [*values, spec.get("off_value", 0)] if spec.get("optional") else list(values)
-
-
-def expected_trial_count(study: Study) -> int | None:
-    """Grid: product of grid sizes x seeds; Optuna: (num_samples + the baseline) x seeds; None if not countable."""
-    num_seeds = max(len(study.search.seeds), 1)
-    if study.search.method != "grid":
-        return (study.search.num_samples + 1) * num_seeds
-    sizes = [_grid_values(spec) for key, spec in study.search.space.items() if key != SEED_KEY]
-    if any(values is None for values in sizes):
-        return None
-    count = 1
-    for values in sizes:
-        count *= len(values)
-    return count * num_seeds
-
-
-def missing_trials(study: Study, trials: pd.DataFrame) -> list[str]:
+def missing_trials(study: StudySpec, trials: pd.DataFrame) -> list[str]:
     """Human-readable descriptions of the trials the study expected but that have no directory."""
-    expected = expected_trial_count(study)
-    if expected is None or len(trials) >= expected:
+    expected = study.num_trials()
+    if len(trials) >= expected:
         return []
-    grid = {key: _grid_values(spec) for key, spec in study.search.space.items() if key != SEED_KEY}
-    if study.search.method != "grid" or any(values is None for values in grid.values()):
+    if study.search.method != "grid":
         return [f"{expected - len(trials)} of {expected} expected trials have no directory"]
+    grid = {key: grid_values(param) for key, param in study.search.space.items()}
     present = {
         tuple(_canonical(trial.get(key)) for key in [*grid, "seed"]) for trial in trials.to_dict("records")
     }
     missing = []
-    for combination in itertools.product(*grid.values(), study.search.seeds or [0]):
+    for combination in itertools.product(*grid.values(), study.search.seeds):
         if tuple(_canonical(value) for value in combination) not in present:
             pairs = zip([*grid, "seed"], combination, strict=True)
             missing.append(", ".join(f"{key}={value}" for key, value in pairs))

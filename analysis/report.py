@@ -21,7 +21,7 @@ from analysis import plots, provenance
 from analysis.checks import BedCheck, checks_frame, not_testable, probe_check
 from analysis.configs import REGULARIZER_KEYS, configuration_order
 from analysis.info_gap import InfoGapAnalysis, analyse_info_gap, is_info_gap_study
-from analysis.loading import Study, expected_trial_count, history_of, load, missing_trials
+from analysis.loading import history_of, load, missing_trials
 from analysis.metrics import (
     SHARED_CLASS_PROBE,
     STRUCTURE_METRICS,
@@ -39,8 +39,16 @@ from analysis.summary import (
     study_answer,
 )
 from analysis.tables import PAPER_TABLES, AblationTable, ablation_table, paper_table, reference_table
+from study.spec import StudySpec
 from trainers.config import ConfigError
-from trainers.storage import EMBEDDINGS_FILE, OPTUNA_BASELINE_ATTR, PROVENANCE_FILE, REPORT_DIR, write_atomic
+from trainers.storage import (
+    EMBEDDINGS_FILE,
+    OPTUNA_BASELINE_ATTR,
+    OPTUNA_FILE,
+    PROVENANCE_FILE,
+    REPORT_DIR,
+    write_atomic,
+)
 
 FORMATS = ("html", "md", "tex")
 
@@ -113,12 +121,12 @@ def _frame_markdown(frame: pd.DataFrame) -> str:
 # --------------------------------------------------------------------------- sections
 
 
-def _overview(writer: ReportWriter, study: Study, trials: pd.DataFrame, tables: list[AblationTable],
+def _overview(writer: ReportWriter, study: StudySpec, trials: pd.DataFrame, tables: list[AblationTable],
               missing: list[str], answer: Answer, checks: list[BedCheck], interrupted: str | None) -> Section:
     """The answer first (call-out, summary figure, significance table), then how it was reached."""
     search, base = study.search, study.base
     section = Section("Summary", lead=True)
-    expected = expected_trial_count(study)
+    expected = study.num_trials()
     if _is_partial(study, trials, interrupted):
         finished = int((trials["status"] == "finished").sum())
         section.callout.append(
@@ -168,18 +176,18 @@ def _overview(writer: ReportWriter, study: Study, trials: pd.DataFrame, tables: 
     return section
 
 
-def _is_partial(study: Study, trials: pd.DataFrame, interrupted: str | None) -> bool:
+def _is_partial(study: StudySpec, trials: pd.DataFrame, interrupted: str | None) -> bool:
     """Interrupted, or fewer finished trials than the study expects (a report built mid-study)."""
-    expected = expected_trial_count(study)
+    expected = study.num_trials()
     finished = int((trials["status"] == "finished").sum()) if not trials.empty else 0
-    return interrupted is not None or (expected is not None and finished + _failed(trials) < expected)
+    return interrupted is not None or finished + _failed(trials) < expected
 
 
 def _failed(trials: pd.DataFrame) -> int:
     return int((trials["status"] == "failed").sum()) if not trials.empty else 0
 
 
-def study_checks(study: Study, trials: pd.DataFrame) -> list[BedCheck]:
+def study_checks(study: StudySpec, trials: pd.DataFrame) -> list[BedCheck]:
     """The generic test-bed check: the shared-class probe on the image embedding of the baseline far above
     chance (the info-gap section adds its own in its reference cell)."""
     finished = trials[(trials["status"] == "finished") & trials["is_baseline"]]
@@ -240,7 +248,7 @@ def _reference_section(writer: ReportWriter, trials: pd.DataFrame, eval_limit: i
     return section
 
 
-def _weight_figures(writer: ReportWriter, section: Section, trials: pd.DataFrame, study: Study) -> None:
+def _weight_figures(writer: ReportWriter, section: Section, trials: pd.DataFrame, study: StudySpec) -> None:
     finished = trials[trials["status"] == "finished"]
     downstream = downstream_metrics(finished.columns, study.search.metric)[:4]
     structure = present(STRUCTURE_METRICS, finished.columns)
@@ -264,7 +272,7 @@ def _weight_figures(writer: ReportWriter, section: Section, trials: pd.DataFrame
                           plots.metric_vs_weight(finished, key, structure), f"{name}_structure")
 
 
-def _figures_section(writer: ReportWriter, study: Study, trials: pd.DataFrame) -> Section:
+def _figures_section(writer: ReportWriter, study: StudySpec, trials: pd.DataFrame) -> Section:
     section = Section("Figures")
     finished = trials[trials["status"] == "finished"]
     if finished.empty:
@@ -285,7 +293,7 @@ def _figures_section(writer: ReportWriter, study: Study, trials: pd.DataFrame) -
     return section
 
 
-def _pca_figure(writer: ReportWriter, section: Section, study: Study, finished: pd.DataFrame) -> None:
+def _pca_figure(writer: ReportWriter, section: Section, study: StudySpec, finished: pd.DataFrame) -> None:
     """The baseline's embeddings beside the best regularized configuration's (first seed with a file)."""
     with_embeddings = finished[[Path(d, EMBEDDINGS_FILE).is_file() for d in finished["trial_dir"]]]
     baseline = with_embeddings[with_embeddings["is_baseline"]]
@@ -309,23 +317,24 @@ def _pca_figure(writer: ReportWriter, section: Section, study: Study, finished: 
                   "embeddings_pca")
 
 
-def _optuna_section(writer: ReportWriter, study: Study) -> Section | None:
-    if not study.optuna_db.is_file():
+def _optuna_section(writer: ReportWriter, study: StudySpec, results_dir: Path) -> Section | None:
+    optuna_db = results_dir / OPTUNA_FILE
+    if not optuna_db.is_file():
         return None
     import optuna
 
     section = Section("Optuna search")
     try:
-        optuna_study = plots.load_optuna_study(study.optuna_db, study.name)
+        optuna_study = plots.load_optuna_study(optuna_db, study.name)
     except KeyError:
-        section.paragraphs.append(f"{study.optuna_db} holds no study named {study.name!r}.")
+        section.paragraphs.append(f"{optuna_db} holds no study named {study.name!r}.")
         return section
     complete = optuna_study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     searched = [trial for trial in complete if OPTUNA_BASELINE_ATTR not in trial.user_attrs]
     section.paragraphs.append(
         f"{len(searched)} completed Optuna trials" + (" and the baseline" if len(searched) < len(complete) else "")
         + f"; objective = {validation_name(study.search.metric)} averaged over seeds ({study.search.mode}). "
-        f"Browse them with `optuna-dashboard sqlite:///{study.optuna_db.resolve()}`.")
+        f"Browse them with `optuna-dashboard sqlite:///{optuna_db.resolve()}`.")
     if len(complete) < 2:
         section.paragraphs.append("No optimization history: it needs two completed trials.")
         return section
@@ -370,10 +379,10 @@ def _info_gap_section(writer: ReportWriter, trials: pd.DataFrame, analysis: Info
     return section
 
 
-def _provenance_section(study: Study) -> Section:
+def _provenance_section(results_dir: Path) -> Section:
     """Every start of the study (command, date, commit, packages, machine) and this report's own build."""
     section = Section("Provenance")
-    runs = provenance.read_runs(study.results_dir)
+    runs = provenance.read_runs(results_dir)
     built = provenance.current(provenance.report_command())
     for index, run in enumerate(runs):
         what = "study started" if index == 0 else "study resumed"
@@ -381,14 +390,14 @@ def _provenance_section(study: Study) -> Section:
                                f"{run.get('git_commit', '?')}; {run.get('machine', '?')}; "
                                + ", ".join(f"{k} {v}" for k, v in run.get("packages", {}).items()))
     if not runs:
-        section.bullets.append(f"no {PROVENANCE_FILE} in {study.results_dir}: how the study was run "
+        section.bullets.append(f"no {PROVENANCE_FILE} in {results_dir}: how the study was run "
                                "is not recorded")
     section.bullets.append(f"report built {built['date']}: `{built['command']}` — git commit {built['git_commit']}; "
                            f"{built['machine']}; " + ", ".join(f"{k} {v}" for k, v in built["packages"].items()))
     return section
 
 
-def build_sections(study: Study, trials: pd.DataFrame, writer: ReportWriter,
+def build_sections(study: StudySpec, results_dir: Path, trials: pd.DataFrame, writer: ReportWriter,
                    interrupted: str | None = None) -> list[Section]:
     missing = missing_trials(study, trials)
     search = study.search
@@ -414,11 +423,11 @@ def build_sections(study: Study, trials: pd.DataFrame, writer: ReportWriter,
             writer.ablation(ablation, table, stem)
     sections.append(ablation)
     sections.append(_figures_section(writer, study, trials))
-    optuna_section = _optuna_section(writer, study)
+    optuna_section = _optuna_section(writer, study, results_dir)
     if optuna_section is not None:
         sections.append(optuna_section)
     sections += [_reference_section(writer, trials, study.base.data.eval_limit), _trials_section(trials, missing),
-                 _provenance_section(study)]
+                 _provenance_section(results_dir)]
     return sections
 
 
@@ -482,7 +491,7 @@ def render_markdown(title: str, sections: list[Section], out_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def _answer(study: Study, trials: pd.DataFrame, untestable: str | None,
+def _answer(study: StudySpec, trials: pd.DataFrame, untestable: str | None,
             preregistered: InfoGapAnalysis | None) -> Answer:
     search = study.search
     return study_answer(trials, search.metric, search.mode, search.searched_keys, study.base.train.batch_size,
@@ -503,11 +512,12 @@ def write_report_and_answer(results_dir: str | Path, out_dir: str | Path | None 
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise ValueError(f"--formats: unknown format(s) {', '.join(unknown)} (choose from {', '.join(FORMATS)})")
+    results_dir = Path(results_dir)
     trials = load(results_dir)
-    study: Study = trials.attrs["study"]
-    out_dir = Path(out_dir) if out_dir is not None else study.results_dir / REPORT_DIR
+    study: StudySpec = trials.attrs["study"]
+    out_dir = Path(out_dir) if out_dir is not None else results_dir / REPORT_DIR
     writer = ReportWriter(out_dir, tuple(formats))
-    sections = build_sections(study, trials, writer, interrupted)
+    sections = build_sections(study, results_dir, trials, writer, interrupted)
     title = f"Study report: {study.name}" + (" (partial)" if _is_partial(study, trials, interrupted) else "")
     written = out_dir
     if "md" in formats:

@@ -26,7 +26,7 @@ import yaml
 
 from analysis import provenance
 from study.console import StudyInterrupt
-from study.spec import StudySpec, load_study, searched_keys, selection_metric
+from study.spec import StudySpec, load_study, selection_metric
 from trainers.config import ConfigError
 from trainers.storage import (
     OPTUNA_FILE,
@@ -188,7 +188,7 @@ def build_tuner(spec: StudySpec, results: str, resume: bool):
     tune_config, param_space = build_tune_config(spec, optuna_url(results), concurrency)
     # Tune's table flattens a nested config with "/": a block parameter's keys are regularizers/gc, ...
     parameter_columns = [key if key in spec.search.space else key.replace(".", "/", 1)
-                         for key in searched_keys(spec.search.space)]
+                         for key in spec.search.searched_keys]
     # selection runs on the validation metric; the test metric beside it is what the report shows
     selected_on = selection_metric(spec.search.metric)
     reporter = StudyReporter(

@@ -19,6 +19,7 @@ from ray.tune.search import Repeater
 from ray.tune.search.repeater import TRIAL_INDEX
 
 from study.spec import (
+    SWITCH_SUFFIX,
     ChoiceParam,
     GridParam,
     IntParam,
@@ -28,10 +29,9 @@ from study.spec import (
     UniformParam,
     grid_values,
     selection_metric,
+    trial_params,
 )
 from trainers.storage import OPTUNA_BASELINE_ATTR
-
-SWITCH_SUFFIX = ":on"
 
 
 def trial_name(trial_id: str) -> str:
@@ -112,15 +112,6 @@ def seed_for_trial(config: Mapping[str, Any], seeds: list[int]) -> int:
     if "train.seed" in config:
         return int(config["train.seed"])
     return seeds[config[TRIAL_INDEX]]
-
-
-def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The configuration keys a trial sets: Tune's internal keys and on/off switches removed."""
-    return {
-        key: value
-        for key, value in config.items()
-        if not key.startswith("__") and not key.endswith(SWITCH_SUFFIX)
-    }
 
 
 # --------------------------------------------------------------------------- Tune compilation

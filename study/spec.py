@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from trainers.albef.names import FUSED_HEAD_METRICS
 from trainers.config import (
+    CHECK_PATHS,
     ConfigError,
     RunConfig,
+    _Strict,
     flatten,
     format_validation_error,
     parse_override,
@@ -27,11 +29,7 @@ from trainers.config import (
     set_dotted,
 )
 from trainers.evaluate.names import TWO_TOWER_METRICS, MetricNames
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+from trainers.storage import is_uri
 
 # --------------------------------------------------------------------------- parameters
 
@@ -159,6 +157,17 @@ class SearchConfig(_Strict):
             raise ValueError(f"must be unique (repeated: {', '.join(map(str, repeated))})")
         return seeds
 
+    @property
+    def searched_keys(self) -> list[str]:
+        """The leaf keys the search sets: a block parameter sets every key its values name."""
+        keys: list[str] = []
+        for key, param in self.space.items():
+            if is_block_param(key, param):
+                keys += [f"{key}.{leaf}" for value in param.values for leaf in flatten(value)]
+            else:
+                keys.append(key)
+        return list(dict.fromkeys(keys))
+
 
 # --------------------------------------------------------------------------- metrics
 
@@ -266,7 +275,7 @@ def _hypothesis_problems(spec: StudySpec) -> list[str]:
     if spec.search.method != "grid":
         return ["hypothesis: a pre-registered comparison needs method: grid (every cell run on every seed)"]
     known_keys = flatten(spec.base.model_dump())
-    compared_keys = searched_keys(spec.search.space)
+    compared_keys = spec.search.searched_keys
     cells = grid_cells(spec)
     problems = []
     named = [("primary", hypothesis.primary)] + [(f"secondary[{i}]", c) for i, c in enumerate(hypothesis.secondary)]
@@ -309,12 +318,15 @@ class StudySpec(_Strict):
     base: RunConfig = Field(default_factory=RunConfig)
     search: SearchConfig
     hypothesis: HypothesisSpec | None = None  # pre-registered comparisons (see HypothesisSpec)
+    # whether local data paths must exist: not for results read away from their data (see build_study)
+    _check_paths: bool = PrivateAttr(True)
 
     @model_validator(mode="after")
-    def _cross_check(self) -> StudySpec:
+    def _cross_check(self, info: ValidationInfo) -> StudySpec:
+        self._check_paths = (info.context or {}).get(CHECK_PATHS, True)
         # problems that span base and search: reported with full paths, so raised without a field
         problems = (
-            _data_path_problems(self.base)
+            (_data_path_problems(self.base) if self._check_paths else [])
             + _metric_problems(self)
             + _method_problems(self.search)
             + _space_key_problems(self)
@@ -330,7 +342,7 @@ class StudySpec(_Strict):
         for key, value in params.items():
             set_dotted(tree, key, value, merge=True)
         try:
-            return RunConfig.model_validate(tree)
+            return RunConfig.model_validate(tree, context={CHECK_PATHS: self._check_paths})
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, "trial")) from None
 
@@ -347,13 +359,22 @@ class StudySpec(_Strict):
         return self.model_dump(mode="json")
 
 
+SWITCH_SUFFIX = ":on"  # Optuna's on/off switch of an optional parameter is `<key>:on`
+
+
+def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration keys a trial sets (Tune's config, or its params.json): Tune's internal keys and
+    on/off switches removed."""
+    return {
+        key: value
+        for key, value in config.items()
+        if not key.startswith("__") and not key.endswith(SWITCH_SUFFIX)
+    }
+
+
 def grid_values(param: ChoiceParam | GridParam) -> list[Any]:
     """The values of one grid axis; an optional parameter adds its off value."""
     return [*param.values, param.off_value] if param.optional else list(param.values)
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in path
 
 
 def _data_path_problems(base: RunConfig) -> list[str]:
@@ -363,14 +384,14 @@ def _data_path_problems(base: RunConfig) -> list[str]:
     data = base.data
     if data.dataset != "synthetic" and data.path:
         for path in data.path.split("::"):
-            if _is_local(path) and "{" in path:
+            if not is_uri(path) and "{" in path:
                 directory = Path(os.path.dirname(path.split("{", 1)[0]) or ".")
                 if not directory.is_dir():
                     problems.append(f"base.data.path: directory {directory} of {path} does not exist")
     for i, entry in enumerate(data.zeroshot):
         # "folder:/images::/classnames.txt" names two paths (the contents are checked by study.run)
         for path in entry.partition(":")[2].split("::"):
-            if path and _is_local(path) and not Path(path).exists():
+            if path and not is_uri(path) and not Path(path).exists():
                 problems.append(f"base.data.zeroshot[{i}]: {path} does not exist")
     return problems
 
@@ -482,51 +503,35 @@ def _space_key_problems(spec: StudySpec) -> list[str]:
             if spec.search.method != "grid":
                 problems.append(f"search.space.{key}: a grid over configuration blocks needs method: grid")
             else:
-                problems += _sample_value_problems(spec.base, key, param)
+                problems += _sample_value_problems(spec, key, param)
         elif key not in known_keys:
             # the base's dump has only its own family's model keys
             family = spec.base.model.family
             reason = f"not a key of the {family} family" if key.startswith("model.") else "unknown configuration key"
             problems.append(f"search.space.{key}: {reason}")
         else:
-            problems += _sample_value_problems(spec.base, key, param)
+            problems += _sample_value_problems(spec, key, param)
     return problems
 
 
 def is_block_param(key: str, param: Any) -> bool:
     """A grid over partial configuration blocks ("arms"): `regularizers: {type: grid, values:
     [{align: 1}, {align: 1, gc: 0.5}]}`; each value is merged into the base's block."""
-    return param.type in GRID_TYPES and _names_blocks(key, param.values)
-
-
-def _names_blocks(key: str, values: list[Any] | None) -> bool:
+    values = param.values if param.type in GRID_TYPES else None
     return "." not in key and bool(values) and all(isinstance(v, dict) for v in values)
 
 
-def searched_keys(space: dict[str, Any]) -> list[str]:
-    """The leaf keys a search sets: a block parameter sets every key its values name.
-    `space` holds parameter objects, or (read back from study.yaml) their dicts."""
-    keys: list[str] = []
-    for key, param in space.items():
-        values = param.get("values") if isinstance(param, dict) else getattr(param, "values", None)
-        if _names_blocks(key, values):
-            keys += [f"{key}.{leaf}" for value in values for leaf in flatten(value)]
-        else:
-            keys.append(key)
-    return list(dict.fromkeys(keys))
-
-
-def _sample_value_problems(base: RunConfig, key: str, param: Any) -> list[str]:
+def _sample_value_problems(spec: StudySpec, key: str, param: Any) -> list[str]:
     """Build a RunConfig with each value the parameter can take, so a wrong type is caught now."""
     samples = param.sample_values()
     if param.optional:
         samples["off_value"] = param.off_value
     problems = []
     for where, value in samples.items():
-        tree = base.model_dump()
+        tree = spec.base.model_dump()
         set_dotted(tree, key, value, merge=True)
         try:
-            RunConfig.model_validate(tree)
+            RunConfig.model_validate(tree, context={CHECK_PATHS: spec._check_paths})
         except ValidationError as exc:
             path = f"search.space.{key}" + (f".{where}" if where else "")
             detail = exc.errors()[0]["msg"].removeprefix("Value error, ")
@@ -576,9 +581,11 @@ def format_study_error(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def build_study(tree: dict[str, Any]) -> StudySpec:
+def build_study(tree: dict[str, Any], check_paths: bool = True) -> StudySpec:
+    """Validate a study. `check_paths=False`: local data paths need not exist (a study's results read on
+    another machine than the one that trained them)."""
     try:
-        return StudySpec.model_validate(tree)
+        return StudySpec.model_validate(tree, context={CHECK_PATHS: check_paths})
     except ValidationError as exc:
         raise ConfigError(format_study_error(exc)) from None
 
@@ -603,9 +610,9 @@ def set_study_key(tree: dict[str, Any], key: str, value: Any) -> None:
     set_dotted(space[owners[0]], rest.removeprefix(f"{owners[0]}."), value)
 
 
-def load_study(path: str | Path, overrides: Iterable[str] = ()) -> StudySpec:
+def load_study(path: str | Path, overrides: Iterable[str] = (), check_paths: bool = True) -> StudySpec:
     """Read a study YAML, apply `--set dotted.key=value` overrides, validate; ConfigError on any problem."""
     tree = read_yaml(path)
     for item in overrides:
         set_study_key(tree, *parse_override(item))
-    return build_study(tree)
+    return build_study(tree, check_paths)

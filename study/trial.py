@@ -24,8 +24,8 @@ from typing import Any
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from study.search import seed_for_trial, trial_name, trial_params
-from study.spec import StudySpec
+from study.search import seed_for_trial, trial_name
+from study.spec import StudySpec, trial_params
 from trainers.config import RunConfig
 from trainers.data.images import InputDataError
 from trainers.loop import NonFiniteLossError

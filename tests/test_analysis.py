@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import analysis
-from analysis.loading import expected_trial_count, missing_trials
+from analysis.loading import missing_trials
 from analysis.stats import PAIRED_EXACT, UNPAIRED, compare, correct
 from analysis.summary import select_configuration
 from analysis.tables import SELECTED_MARK, ablation_table, reference_table
@@ -61,7 +61,7 @@ def test_partial_study_reports_missing_and_empty_trials(tmp_path):
     (root / "trials" / "train_trial_empty").mkdir()  # started, nothing written yet
     trials = analysis.load(root)
     study = trials.attrs["study"]
-    assert expected_trial_count(study) == 40
+    assert study.num_trials() == 40
     # the empty directory, and a trial with 1 of 3 epochs (no scheduler stops trials: interrupted, not "early")
     assert trials["status"].value_counts()["incomplete"] == 2
     missing = missing_trials(study, trials)
@@ -73,6 +73,26 @@ def test_not_a_results_dir_is_a_value_error(tmp_path):
         analysis.load(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="no study.yaml"):
         analysis.load(tmp_path)
+
+
+def test_results_read_away_from_their_data_load_and_are_still_validated(tmp_path):
+    """study.yaml is validated as a StudySpec, but data paths that exist only where the study ran do not
+    stop the analysis; a study that is not valid apart from its paths still does."""
+    from study.spec import load_study
+    from trainers.config import ConfigError
+
+    base = fx.base_config()
+    base["data"] |= {"zeroshot": ["cifar10:/elsewhere/cifar"], "annotations": {"retrieval": "/elsewhere/coco.json"}}
+    specs = [fx.TrialSpec({"regularizers.dfs": 0.0, "regularizers.gc": 0.0, "train.seed": 0}, {TOP1: 0.5})]
+    root = fx.write_results_dir(tmp_path / "moved", fx.ablation_search(), specs, base=base)
+    with pytest.raises(ConfigError, match="/elsewhere"):
+        load_study(root / "study.yaml")
+    trials = analysis.load(root)
+    assert trials["status"].tolist() == ["finished"]
+    assert trials.attrs["study"].base.data.zeroshot == ["cifar10:/elsewhere/cifar"]
+    base["train"]["epochs"] = 0
+    with pytest.raises(ConfigError, match="base.train.epochs"):
+        analysis.load(fx.write_results_dir(tmp_path / "broken", fx.ablation_search(), specs, base=base))
 
 
 def test_weighted_labels_when_a_weight_is_searched(tmp_path):

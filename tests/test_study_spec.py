@@ -15,8 +15,8 @@ from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.variant_generator import generate_variants
 
-from study.search import grid_param_space, optuna_define_by_run, seed_for_trial, switch_name, trial_params
-from study.spec import StudySpec, build_study, load_study
+from study.search import grid_param_space, optuna_define_by_run, seed_for_trial, switch_name
+from study.spec import StudySpec, build_study, load_study, trial_params
 from trainers.config import ConfigError, RunConfig
 
 SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -478,10 +478,8 @@ def test_a_grid_over_regularizer_blocks_merges_each_arm_into_the_base(tmp_path: 
     assert arms == {(0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (1.0, 0.5, 0.0), (1.0, 0.0, 0.5)}
     assert {r.regularizers.bb_s for r in runs} == {0.4}  # the rest of the block is the base's
 
-    from study.spec import searched_keys
-
-    assert searched_keys(spec.search.space) == ["data.info_gap", "regularizers.align", "regularizers.gc",
-                                                "regularizers.dfs"]
+    assert spec.search.searched_keys == ["data.info_gap", "regularizers.align", "regularizers.gc",
+                                         "regularizers.dfs"]
 
 
 @pytest.mark.parametrize(("arm", "message"), [

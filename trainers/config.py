@@ -11,11 +11,18 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+
+from trainers.storage import is_uri, local_path
 
 
 class ConfigError(ValueError):
     """A user-facing configuration problem; the message starts with the key's dotted path."""
+
+
+# Validation context key: False where a configuration is read away from its data (results copied off a
+# cluster, read for their report), so local data paths need not exist there.
+CHECK_PATHS = "check_paths"
 
 
 class _Strict(BaseModel):
@@ -99,15 +106,17 @@ class DataConfig(_Strict):
         return values
 
     @model_validator(mode="after")
-    def _real_data_needs_path(self) -> DataConfig:
+    def _real_data_needs_path(self, info: ValidationInfo) -> DataConfig:
+        if self.dataset != "synthetic" and self.path is None:
+            raise ValueError(f"path: required when dataset is {self.dataset!r}")
+        if not (info.context or {}).get(CHECK_PATHS, True):
+            return self
         if self.dataset != "synthetic":
-            if self.path is None:
-                raise ValueError(f"path: required when dataset is {self.dataset!r}")
             for path in _split_path_list(self.path):
-                if "://" not in path and not Path(path).exists() and not _is_brace_pattern(path):
+                if not is_uri(path) and not local_path(path).exists() and not _is_brace_pattern(path):
                     raise ValueError(f"path: {path} does not exist")
         for task, path in self.annotations.items():
-            if "://" not in path and not Path(path).is_file():
+            if not is_uri(path) and not local_path(path).is_file():
                 raise ValueError(f"annotations.{task}: {path} does not exist")
         return self
 
