@@ -123,8 +123,12 @@ def test_eda_is_seeded_and_uses_the_synonym_table():
 def test_wordpiece_covers_every_world_text_and_has_bert_specials(tasks):
     data, sets = tasks
     tokenizer = build_wordpiece_tokenizer(data)
-    for token in ("[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]"):
-        assert tokenizer.convert_tokens_to_ids(token) is not None
+    # a token missing from the vocabulary converts to [UNK]'s id: each special must have an id of its own
+    specials = {token: tokenizer.convert_tokens_to_ids(token) for token in ("[CLS]", "[SEP]", "[PAD]", "[MASK]")}
+    assert tokenizer.convert_tokens_to_ids("[UNK]") == tokenizer.unk_token_id
+    assert tokenizer.unk_token_id not in specials.values() and len(set(specials.values())) == len(specials)
+    assert (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id, tokenizer.mask_token_id) == (
+        specials["[CLS]"], specials["[SEP]"], specials["[PAD]"], specials["[MASK]"])
     texts = (sets.retrieval.captions + sets.vqa.train.questions + sets.nlvr.train.statements
              + sets.ve.train.hypotheses + [t.format(c) for t in sets.zeroshot[0].templates for c in SHAPES])
     encoded = tokenizer(texts, padding=True, return_tensors="pt")

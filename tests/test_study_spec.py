@@ -266,8 +266,12 @@ def test_missing_search_section(tmp_path: Path):
 ])
 def test_known_metrics_are_accepted(tmp_path: Path, metric: str):
     tasks = ["zeroshot", "retrieval", "linear_probe", "kshot", "structure"]
-    spec = load_study(study_with(tmp_path, _edits(_set("search/metric", metric), _set("base/eval/tasks", tasks))))
-    assert spec.search.metric == metric
+    load_study(study_with(tmp_path, _edits(_set("search/metric", metric), _set("base/eval/tasks", tasks))))
+    # recognised as its task's metric: the same study without that task is refused, naming the task
+    task = metric.split("/")[0]
+    others = [other for other in tasks if other != task]
+    with pytest.raises(ConfigError, match=rf"^search.metric: {metric} needs task '{task}' in base.eval.tasks"):
+        load_study(study_with(tmp_path, _edits(_set("search/metric", metric), _set("base/eval/tasks", others))))
 
 
 @pytest.mark.parametrize(("zeroshot", "annotations", "metric", "problem"), [
@@ -360,18 +364,25 @@ def test_optional_param_is_conditional():
 
 
 def test_ray_optuna_search_gives_flat_dotted_configs_and_seeded_repeats():
+    """The study's own search algorithm (build_tune_config's): the baseline, then one Optuna suggestion, each
+    once per seed, as flat dotted configurations that trial_run_config accepts."""
+    from study.search import build_tune_config
+
     spec = load_study(SEARCH_SPACES / "joint.yaml")
-    searcher = OptunaSearch(space=optuna_define_by_run(spec.search.space), metric=SELECTED_ON, mode="max", seed=3)
-    repeater = Repeater(searcher, repeat=len(spec.search.seeds), set_index=True)
-    configs = [repeater.suggest(f"t{i}") for i in range(2 * len(spec.search.seeds))]
+    tune_config, _ = build_tune_config(spec, None, 1)
+    seeds = spec.search.seeds
+    configs = [tune_config.search_alg.suggest(f"t{i}") for i in range(2 * len(seeds))]
     for config in configs:
         params = trial_params(config)
-        assert set(params) == {"regularizers.gc", "regularizers.bb", "regularizers.dfs"}
-        params["train.seed"] = seed_for_trial(config, spec.search.seeds)
+        assert set(params) == {"regularizers.gc", "regularizers.bb", "regularizers.dfs", "train.seed"}
         run = spec.trial_run_config(params)
         assert run.regularizers.gc == params["regularizers.gc"] and run.train.seed == params["train.seed"]
-    assert [seed_for_trial(c, spec.search.seeds) for c in configs] == spec.search.seeds * 2
-    assert trial_params(configs[0]) == trial_params(configs[1])  # repeats share the configuration
+    assert [seed_for_trial(c, seeds) for c in configs] == seeds * 2
+    baseline, searched = configs[: len(seeds)], configs[len(seeds):]
+    assert {trial_params(c)["regularizers.gc"] for c in baseline} == {spec.base.regularizers.gc}
+    # repeats share the configuration and differ only in the seed
+    for group in (baseline, searched):
+        assert len({tuple(sorted((k, v) for k, v in trial_params(c).items() if k != "train.seed")) for c in group}) == 1
 
 
 def test_grid_param_space_crosses_params_optional_off_values_and_seeds():

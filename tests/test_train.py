@@ -143,7 +143,17 @@ def test_nonfinite_loss_stops_with_step_and_term(tmp_path):
 def test_bad_config_exits_2_without_ray(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("train: {epochs: 0, batchsize: 3}\n")
-    proc = subprocess.run([sys.executable, "-m", "trainers.train", str(config)], capture_output=True, text=True)
+    # `python -m trainers.train`, then report whether Ray was ever imported: a configuration error stops the
+    # command before it imports Ray, let alone starts a cluster
+    run_then_report_ray = (
+        "import runpy, sys\n"
+        "try:\n"
+        "    runpy.run_module('trainers.train', run_name='__main__', alter_sys=True)\n"
+        "finally:\n"
+        "    print('ray imported' if 'ray' in sys.modules else 'ray not imported')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", run_then_report_ray, str(config)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1
     assert "train.epochs" in proc.stderr and "train.batchsize: unknown key" in proc.stderr
+    assert proc.stdout.strip() == "ray not imported"
