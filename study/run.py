@@ -172,6 +172,7 @@ def build_tuner(spec: StudySpec, results: str, resume: bool):
 
     from study.console import StudyProgress, StudyReporter
     from study.live_metrics import MetricsExport
+    from study.result_log import ResultLog
     from study.search import build_tune_config
     from study.trial import run_trial
 
@@ -207,7 +208,8 @@ def build_tuner(spec: StudySpec, results: str, resume: bool):
         # a worker group's failures are Ray Train's to retry; an in-process trial's are Tune's
         failure_config=tune.FailureConfig(max_failures=spec.base.train.max_failures if in_trial else 0),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
-        callbacks=[StudyProgress(spec.num_trials(), spec.base.train.epochs, selected_on), MetricsExport(spec.name)],
+        callbacks=[StudyProgress(spec.num_trials(), spec.base.train.epochs, selected_on), MetricsExport(spec.name),
+                   ResultLog()],  # every epoch once in result.json, across trial restarts
         verbose=1,
     )
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
