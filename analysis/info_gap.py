@@ -2,7 +2,7 @@
 the modalities differ (Theorem 3.1 of the paper; see docs/regularizers.md), and do the regularizers give
 some of it back?
 
-With a `hypothesis:` block in the study file (study.spec.HypothesisSpec) the section is one
+With a `hypothesis:` block in the study file (trainers.study_spec.HypothesisSpec) the section is one
 pre-registered test: the primary comparison on each of its metrics forms one Holm family, and the
 section leads with its verdict ("interaction shown (corrected p = ..., n = ...)" or "no interaction
 detected", with the test's power); secondary comparisons form a second Holm family, labelled as such.
@@ -35,7 +35,7 @@ from analysis.stats import (
     sidedness,
     sign_flip_power,
 )
-from study.spec import ComparisonSpec, HypothesisSpec, StudySpec, resolved_cell
+from trainers.study_spec import ComparisonSpec, HypothesisSpec, StudySpec, resolved_cell
 
 ALIGN_KEY = "regularizers.align"
 GAP_KEY = "data.info_gap"

@@ -17,9 +17,9 @@ from typing import Any
 import pandas as pd
 
 from analysis.configs import REGULARIZER_KEYS, label_configurations
-from study.spec import StudySpec, grid_values, load_study, trial_params
 from trainers.config import flatten
 from trainers.storage import STUDY_FILE, TRIALS_DIR
+from trainers.study_spec import StudySpec, grid_values, load_study, trial_params
 
 SEED_KEY = "train.seed"
 # Resolved for every trial, searched or not, because labels, plots and the info-gap section need them.

@@ -39,7 +39,6 @@ from analysis.summary import (
     study_answer,
 )
 from analysis.tables import PAPER_TABLES, AblationTable, ablation_table, paper_table, reference_table
-from study.spec import StudySpec
 from trainers.config import ConfigError
 from trainers.storage import (
     EMBEDDINGS_FILE,
@@ -49,6 +48,7 @@ from trainers.storage import (
     REPORT_DIR,
     write_atomic,
 )
+from trainers.study_spec import StudySpec
 
 FORMATS = ("html", "md", "tex")
 

@@ -32,12 +32,12 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 from torch import Tensor
 
-from study.spec import load_study
 from trainers.clip import ClipCollate, ClipTrainingModule
 from trainers.config import RunConfig
 from trainers.data import build_pretrain_dataset
 from trainers.family import total_loss
 from trainers.regularizers import brownian_bridge_loss, geometric_consistency_loss
+from trainers.study_spec import load_study
 
 NUM_PAIRS = 512
 TRAINING_REGULARIZERS = {"gc": 0.0, "bb": 0.0, "dfs": 0.5, "align": 0.0, "inmodal": True}

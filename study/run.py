@@ -26,7 +26,6 @@ import yaml
 
 from analysis import provenance
 from study.console import StudyInterrupt
-from study.spec import StudySpec, load_study, selection_metric
 from trainers.config import ConfigError
 from trainers.storage import (
     OPTUNA_FILE,
@@ -38,6 +37,7 @@ from trainers.storage import (
     local_path,
     write_atomic,
 )
+from trainers.study_spec import StudySpec, load_study, selection_metric
 from trainers.train import CHECKPOINTS_KEPT, check_data, init_ray
 
 MIN_FREE_BYTES = 200 * 2**20
@@ -119,7 +119,7 @@ def trial_plan(spec: StudySpec) -> list[str]:
     if search.method == "grid":
         import itertools
 
-        from study.spec import grid_values
+        from trainers.study_spec import grid_values
 
         axes = {key: grid_values(param) for key, param in search.space.items()}
         cells = list(itertools.product(*axes.values()))

@@ -18,7 +18,8 @@ from ray import tune
 from ray.tune.search import Repeater
 from ray.tune.search.repeater import TRIAL_INDEX
 
-from study.spec import (
+from trainers.storage import OPTUNA_BASELINE_ATTR
+from trainers.study_spec import (
     SWITCH_SUFFIX,
     ChoiceParam,
     GridParam,
@@ -31,7 +32,6 @@ from study.spec import (
     selection_metric,
     trial_params,
 )
-from trainers.storage import OPTUNA_BASELINE_ATTR
 
 
 def trial_name(trial_id: str) -> str:

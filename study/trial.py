@@ -25,11 +25,11 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from study.search import seed_for_trial, trial_name
-from study.spec import StudySpec, trial_params
 from trainers.config import RunConfig
 from trainers.data.images import InputDataError
 from trainers.loop import NonFiniteLossError
 from trainers.storage import EMBEDDINGS_FILE, REPORTS_DIR, filesystem_of, write_atomic
+from trainers.study_spec import StudySpec, trial_params
 from trainers.train import build_torch_trainer, fit_run
 
 # A trial stopped by a failure that a retry would meet again leaves its reason here, so that Tune's

@@ -78,8 +78,8 @@ def test_not_a_results_dir_is_a_value_error(tmp_path):
 def test_results_read_away_from_their_data_load_and_are_still_validated(tmp_path):
     """study.yaml is validated as a StudySpec, but data paths that exist only where the study ran do not
     stop the analysis; a study that is not valid apart from its paths still does."""
-    from study.spec import load_study
     from trainers.config import ConfigError
+    from trainers.study_spec import load_study
 
     base = fx.base_config()
     base["data"] |= {"zeroshot": ["cifar10:/elsewhere/cifar"], "annotations": {"retrieval": "/elsewhere/coco.json"}}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from study.spec import load_study
+from trainers.study_spec import load_study
 
 pytestmark = pytest.mark.slow
 

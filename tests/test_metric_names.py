@@ -1,6 +1,6 @@
 """The declared metric and loss names are what the code emits: a tiny real evaluation and one training forward
 pass of each family (CLIP, ALBEF) must emit only declared names and every declared exact name, so study
-validation (`study.spec`) and the report (`analysis.metrics`), which read the declarations, cannot drift from
+validation (`trainers.study_spec`) and the report (`analysis.metrics`), which read the declarations, cannot drift from
 the emitters."""
 
 from __future__ import annotations

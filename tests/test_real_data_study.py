@@ -291,7 +291,7 @@ def test_bad_real_input_is_one_line_and_exit_2_before_ray_starts(case, corpus, t
 
 
 def test_paper_clip_names_a_per_set_metric_and_checks_paths():
-    from study.spec import load_study
+    from trainers.study_spec import load_study
 
     text = PAPER_CLIP.read_text()
     assert re.search(r"^  metric: zeroshot/(cifar10|cifar100|imagenet)/top1", text, re.MULTILINE)  # per set

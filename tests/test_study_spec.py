@@ -16,8 +16,8 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.variant_generator import generate_variants
 
 from study.search import grid_param_space, optuna_define_by_run, seed_for_trial, switch_name
-from study.spec import StudySpec, build_study, load_study, trial_params
 from trainers.config import ConfigError, RunConfig
+from trainers.study_spec import StudySpec, build_study, load_study, trial_params
 
 SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 SELECTED_ON = "val/zeroshot/synthetic_shapes/top1"  # what Tune and Optuna optimise for GOOD_STUDY

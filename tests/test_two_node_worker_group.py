@@ -15,8 +15,8 @@ import torch
 import yaml
 from conftest import SEARCH_SPACES, epoch_rows, result_rows, study_command, trial_dirs
 
-from study.spec import load_study
 from trainers.loop import WorkerSession, run_training
+from trainers.study_spec import load_study
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """The metric names ALBEF's evaluation (`family.py`) emits beyond the two-tower suite's.
 
-Declared here, free of heavy imports, so that study validation (`study.spec`) and the report
+Declared here, free of heavy imports, so that study validation (`trainers.study_spec`) and the report
 (`analysis.metrics`) read them without loading torch or transformers; tests/test_metric_names.py checks
 `family.evaluate` emits exactly these. ALBEF's retrieval (ITC shortlist, ITM rerank) emits the suite's
 retrieval names (`trainers.evaluate.names`).

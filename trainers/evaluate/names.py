@@ -1,6 +1,6 @@
 """The metric names the two-tower suite (`suite.py`) emits, per evaluation task.
 
-Declared here, beside the suite and free of heavy imports, so that study validation (`study.spec`) and the
+Declared here, beside the suite and free of heavy imports, so that study validation (`trainers.study_spec`) and the
 report (`analysis.metrics`) read them without loading torch; tests/test_metric_names.py runs a real
 evaluation and checks the suite emits exactly what is declared. Every name is also emitted on validation
 data as `val/<name>` when the task sets carry it.
