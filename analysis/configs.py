@@ -33,6 +33,17 @@ def regularizer_name(key: str, row: dict) -> str:
     return name
 
 
+NO_OTHER_REGULARIZER = "none"
+
+
+def regularizers_beside_align(row: dict) -> str:
+    """The regularizers on beside the alignment pressure, in the paper's order ("+GC", "+DFS+GC"), or "none":
+    what tells the information-gap study's settings at one alignment pressure apart."""
+    active = [regularizer_name(key, row) for key in REGULARIZER_KEYS
+              if key != "regularizers.align" and (row.get(key) or 0) > 0]
+    return "+" + "+".join(active) if active else NO_OTHER_REGULARIZER
+
+
 def _is(found: object, value: object) -> bool:
     if isinstance(value, bool):
         return isinstance(found, bool | np.bool_) and bool(found) == value

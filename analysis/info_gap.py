@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.checks import BedCheck, not_testable, probe_check
-from analysis.configs import REGULARIZER_KEYS, regularizer_name
+from analysis.configs import NO_OTHER_REGULARIZER, REGULARIZER_KEYS, regularizers_beside_align
 from analysis.metrics import MODALITY_SPECIFIC_PROBES, SHARED_CLASS_PROBE, info_gap_metrics, readable
 from analysis.stats import (
     ALPHA,
@@ -39,7 +39,6 @@ from trainers.study_spec import ComparisonSpec, HypothesisSpec, StudySpec, resol
 
 ALIGN_KEY = "regularizers.align"
 GAP_KEY = "data.info_gap"
-NO_REGULARIZER = "none"
 PRIMARY_FAMILY = "pre-registered primary"
 SECONDARY_FAMILY = "pre-registered secondary"
 POWER_SIMULATIONS = 4000
@@ -225,27 +224,22 @@ def analyse_hypothesis(trials: pd.DataFrame, study: StudySpec, hypothesis: Hypot
 # --------------------------------------------------------------------------- exploratory (no hypothesis)
 
 
-def _other_regularizers(row: pd.Series) -> str:
-    active = [regularizer_name(key, row) for key in REGULARIZER_KEYS if key != ALIGN_KEY and (row.get(key) or 0) > 0]
-    return "+" + "+".join(active) if active else NO_REGULARIZER
-
-
 def exploratory_results(trials: pd.DataFrame) -> list[ContrastResult]:
     """Pressure (align a > 0 vs 0) and recovery (+regularizer at a vs pressure alone) at each gap,
     two-sided, one Holm family each."""
     finished = trials[trials["status"] == "finished"].copy()
     if finished.empty or GAP_KEY not in finished or ALIGN_KEY not in finished:
         return []
-    finished["others"] = finished.apply(_other_regularizers, axis=1)
+    finished["others"] = finished.apply(regularizers_beside_align, axis=1)
     metrics = info_gap_metrics(finished.columns)
     study = trials.attrs.get("study")
     batch = f" [batch {study.base.train.batch_size}]" if study is not None else ""
     raw: dict[str, list[tuple[str, str, Comparison, dict]]] = {"pressure": [], "recovery": []}
     for gap, at_gap in finished.groupby(GAP_KEY):
-        plain = at_gap[at_gap["others"] == NO_REGULARIZER]
+        plain = at_gap[at_gap["others"] == NO_OTHER_REGULARIZER]
         unpressured = plain[plain[ALIGN_KEY] == 0]
         for align, pressured in plain[plain[ALIGN_KEY] > 0].groupby(ALIGN_KEY):
-            regularized = at_gap[(at_gap[ALIGN_KEY] == align) & (at_gap["others"] != NO_REGULARIZER)]
+            regularized = at_gap[(at_gap[ALIGN_KEY] == align) & (at_gap["others"] != NO_OTHER_REGULARIZER)]
             pairs = [("pressure", f"gap {gap:g}: align {align:g} vs 0{batch}", pressured, unpressured)]
             pairs += [("recovery", f"gap {gap:g}: {others} at align {align:g} vs none{batch}", group, pressured)
                       for others, group in regularized.groupby("others")]

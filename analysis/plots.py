@@ -22,7 +22,13 @@ import seaborn as sns  # noqa: E402
 from scipy import stats  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
-from analysis.configs import REGULARIZER_KEYS, REGULARIZER_NAMES, configuration_order, regularizer_name  # noqa: E402
+from analysis.configs import (  # noqa: E402
+    NO_OTHER_REGULARIZER,
+    REGULARIZER_KEYS,
+    REGULARIZER_NAMES,
+    configuration_order,
+    regularizers_beside_align,
+)
 from trainers.storage import write_atomic  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -239,9 +245,10 @@ def info_gap_lines(trials: pd.DataFrame, metrics: list[str]) -> plt.Figure:
     information gap: mean and 95% CI over seeds."""
     data = _finished(trials).copy()
     data["info gap"] = data["data.info_gap"].map(lambda gap: f"{gap:g}")
-    data["setting"] = data.apply(lambda row: f"align {row['regularizers.align']:g} " + _other_regularizers(row), axis=1)
-    data["setting"] = data["setting"].str.replace(" none", "", regex=False)
-    order = (data.assign(regs=data.apply(_other_regularizers, axis=1) != "none")
+    data["setting"] = data.apply(
+        lambda row: f"align {row['regularizers.align']:g} " + regularizers_beside_align(row), axis=1)
+    data["setting"] = data["setting"].str.replace(f" {NO_OTHER_REGULARIZER}", "", regex=False)
+    order = (data.assign(regs=data.apply(regularizers_beside_align, axis=1) != NO_OTHER_REGULARIZER)
              .sort_values(["regs", "regularizers.align", "setting"])["setting"].unique().tolist())
     dodge = 0.4 if data["info gap"].nunique() > 1 else False
     figure, axes = _panels(len(metrics))
@@ -254,9 +261,3 @@ def info_gap_lines(trials: pd.DataFrame, metrics: list[str]) -> plt.Figure:
     figure.suptitle("Information gap: each metric per alignment pressure and regularizer (mean, 95% CI over seeds)")
     figure.tight_layout()
     return figure
-
-
-def _other_regularizers(row: pd.Series) -> str:
-    active = [regularizer_name(key, row) for key in REGULARIZER_KEYS
-              if key != "regularizers.align" and (row.get(key) or 0) > 0]
-    return "+" + "+".join(active) if active else "none"

@@ -250,8 +250,6 @@ PAPER_TABLES = {
     "table3_linear_probe.csv": "Table 3 (linear probe top-1, %)",
     "table4_albef_downstream.csv": "Table 4 (ALBEF downstream, %)",
 }
-# What a study configuration corresponds to among the paper's rows.
-PAPER_METHOD_OF = {"baseline": "CLIP", "+DFS": "Sep", "+BB": "Br", "+GC": "GC"}
 
 
 def paper_table(file_name: str) -> pd.DataFrame:

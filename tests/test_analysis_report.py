@@ -104,13 +104,23 @@ def test_plot_axes_say_what_is_shown(ablation_report):
 def test_optuna_plots_and_report(tmp_path):
     root = fx.write_optuna_study(tmp_path / "optuna")
     study = plots.load_optuna_study(root / "optuna.db", "gc-optuna")
+    objectives = sorted(trial.value for trial in study.trials)
+    assert len(objectives) == len(fx.OPTUNA_WEIGHTS)
     history = plots.optuna_history(study)
     assert history.axes[0].get_ylabel() == "objective (mean over seeds)"
+    (points, *_) = history.axes[0].collections  # one point per Optuna trial, at its objective
+    assert sorted(points.get_offsets()[:, 1]) == pytest.approx(objectives)
     importances = plots.optuna_importances(study)
     assert importances.axes[0].get_xlabel() == "importance for the objective (fANOVA)"
     labels = [tick.get_text() for tick in importances.axes[0].get_yticklabels()]
     assert set(labels) == {"regularizers.gc", "regularizers.dfs"}
-    assert plots.optuna_parallel_coordinates(study).axes
+    bars = sorted(bar.get_width() for bar in importances.axes[0].patches)  # one bar per parameter
+    assert len(bars) == 2 and sum(bars) == pytest.approx(1.0)
+    # one line per trial across the objective and each parameter, starting at the trial's objective
+    parallel = plots.optuna_parallel_coordinates(study).axes[0]
+    (lines,) = [collection for collection in parallel.collections if collection.get_array() is not None]
+    assert sorted(segment[0, 1] for segment in lines.get_segments()) == pytest.approx(objectives)
+    assert {len(segment) for segment in lines.get_segments()} == {3}  # objective, gc, dfs
     saved = plots.save_figure(history, tmp_path / "figures", "history")
     assert saved["png"].stat().st_size > 5000 and saved["svg"].read_text().lstrip().startswith("<?xml")
     assert main([str(root), "--formats", "md"]) == 0
