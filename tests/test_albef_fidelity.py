@@ -15,10 +15,10 @@ from trainers.albef.heads import FusedClassifier, FusedExamples, TwinFusionEncod
 from trainers.albef.model import AlbefModel
 from trainers.albef.pretrain import steps_per_epoch
 from trainers.albef.retrieval import rerank_scores
-from trainers.config import ModelConfig, RunConfig
+from trainers.config import AlbefModelConfig, RunConfig
 
-TINY = ModelConfig(family="albef", text_layers=1, fusion_layers=2, hidden_size=32, num_heads=2, patch_size=8,
-                   vision_layers=1, embed_dim=16, queue_size=16)
+TINY = AlbefModelConfig(text_layers=1, fusion_layers=2, hidden_size=32, num_heads=2, patch_size=8,
+                         vision_layers=1, embed_dim=16, queue_size=16)
 
 
 def tiny_run(**train) -> RunConfig:

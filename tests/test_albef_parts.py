@@ -7,10 +7,9 @@ import torch
 
 from trainers.albef.model import AlbefModel, FusionEncoder, build_bert_config, momentum_copy, momentum_update
 from trainers.albef.queue import FeatureQueue
-from trainers.config import ModelConfig
+from trainers.config import AlbefModelConfig
 
-TINY = ModelConfig(
-    family="albef",
+TINY = AlbefModelConfig(
     text_layers=2,
     fusion_layers=2,
     hidden_size=64,

@@ -98,3 +98,20 @@ def test_tower_rates_are_clip_only():
 
     with pytest.raises(ConfigError, match="train.image_tower_lr_scale: only the clip family"):
         build_run_config({"model": {"family": "albef"}, "train": {"image_tower_lr_scale": 10.0}})
+
+
+def test_a_key_of_another_family_is_an_error_naming_it():
+    from trainers.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^model\.queue_size: not a key of the clip family$"):
+        build_run_config({"model": {"family": "clip", "queue_size": 256}})
+    with pytest.raises(ConfigError, match=r"^model\.arch: not a key of the albef family$"):
+        build_run_config({"model": {"family": "albef", "arch": "tiny-vit"}})
+    with pytest.raises(ConfigError, match=r"^model\.family: expected one of clip, albef$"):
+        build_run_config({"model": {"family": "blip"}})
+
+
+def test_a_config_dump_has_only_its_family_keys():
+    assert build_run_config({}).model_dump()["model"] == {"family": "clip", "arch": "tiny-vit", "pretrained": None}
+    albef = build_run_config({"model": {"family": "albef", "pooling": "mean"}}).model_dump()["model"]
+    assert albef["pooling"] == "mean" and not {"arch", "pretrained"} & albef.keys()

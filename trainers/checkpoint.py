@@ -53,10 +53,10 @@ def read_checkpoint(directory: Path) -> tuple[dict[str, Any], RunConfig]:
 
 def load_training_state(directory: Path, cfg: RunConfig, rank: int) -> dict[str, Any]:
     state, saved = read_checkpoint(directory)
-    if saved.model.family != cfg.model.family or saved.model.arch != cfg.model.arch:
+    if (saved.model.family, saved.model.architecture()) != (cfg.model.family, cfg.model.architecture()):
         raise ValueError(
-            f"{directory}: checkpoint of {saved.model.family}/{saved.model.arch}, "
-            f"but this run is {cfg.model.family}/{cfg.model.arch}"
+            f"{directory}: checkpoint of {saved.model.family}/{saved.model.architecture()}, "
+            f"but this run is {cfg.model.family}/{cfg.model.architecture()}"
         )
     rng_path = directory / f"rng-rank{rank}.pt"
     if rng_path.is_file():

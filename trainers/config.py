@@ -8,10 +8,10 @@ objects, never raw dicts. Unknown keys are errors, and every error names its dot
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, model_validator
 
 from trainers.storage import is_uri, local_path
 
@@ -29,14 +29,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class ModelConfig(_Strict):
-    family: Literal["clip", "albef"] = "clip"
+class _ModelConfigBase(_Strict):
+    """What every model family's configuration has: the family that reads it, and the architecture a
+    checkpoint's weights must match."""
+
+    family: str
+
+    def architecture(self) -> str:
+        raise NotImplementedError
+
+
+class ClipModelConfig(_ModelConfigBase):
+    family: Literal["clip"] = "clip"
     # An open_clip architecture name (ViT-B-32, RN50, ...) or one of the small configs
     # shipped in trainers/model_configs (registered with open_clip.add_model_config).
     arch: str = "tiny-vit"
     # open_clip pretrained tag (needs a hub) or a path to a local checkpoint file.
     pretrained: str | None = None
-    # ALBEF only: BERT layers split into text and fusion layers, and its ITC/queue options.
+
+    def architecture(self) -> str:
+        return self.arch
+
+
+class AlbefModelConfig(_ModelConfigBase):
+    family: Literal["albef"] = "albef"
+    # BERT layers split into text and fusion layers; a ViT image tower; ITC's projection and queue.
     text_layers: int = Field(2, ge=1)
     fusion_layers: int = Field(2, ge=1)
     hidden_size: int = Field(128, ge=8)
@@ -48,10 +65,34 @@ class ModelConfig(_Strict):
     momentum: float = Field(0.995, ge=0.0, le=1.0)
     distill_alpha: float = Field(0.4, ge=0.0, le=1.0)
     mlm_probability: float = Field(0.15, ge=0.0, le=1.0)
-    # ALBEF's ITC features: "cls" = the [CLS] output, as ALBEF; "mean" = the mean over text tokens / image
+    # ITC features: "cls" = the [CLS] output, as ALBEF; "mean" = the mean over text tokens / image
     # patches, for towers trained from scratch on a small budget, whose [CLS] starts out the same for every
     # input (attention is uniform at initialisation) and stays so for hundreds of steps
     pooling: Literal["cls", "mean"] = "cls"
+
+    def architecture(self) -> str:
+        return (f"vit{self.vision_layers}/p{self.patch_size}-bert{self.text_layers}+{self.fusion_layers}"
+                f"-h{self.hidden_size}x{self.num_heads}-e{self.embed_dim}")
+
+
+MODEL_FAMILIES: tuple[str, ...] = ("clip", "albef")
+
+
+def _model_family(value: Any) -> str | None:
+    # `family` may be left out (clip); a value of the wrong type finds no tag and is reported below
+    family = value.get("family", "clip") if isinstance(value, dict) else getattr(value, "family", None)
+    return family if family in MODEL_FAMILIES else None
+
+
+# One configuration class per family, chosen by `family`: a key of another family is an unknown key.
+ModelConfig = Annotated[
+    Annotated[ClipModelConfig, Tag("clip")] | Annotated[AlbefModelConfig, Tag("albef")],
+    Discriminator(
+        _model_family,
+        custom_error_type="model_family",
+        custom_error_message=f"family: expected one of {', '.join(MODEL_FAMILIES)}",
+    ),
+]
 
 
 class DataConfig(_Strict):
@@ -205,7 +246,7 @@ class ResourcesConfig(_Strict):
 
 class RunConfig(_Strict):
     name: str = "run"
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig = Field(default_factory=ClipModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     regularizers: RegularizerConfig = Field(default_factory=RegularizerConfig)
@@ -241,17 +282,26 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> str:
     """One line per problem, each starting with the key's dotted path in the YAML."""
     lines = []
     for item in error.errors():
-        loc = [str(p) for p in item["loc"]]
+        loc, family = _split_family_tag([str(p) for p in item["loc"]])
         message = item["msg"].removeprefix("Value error, ")
-        # a model validator reports "field: message"; fold the field into the path
-        if ": " in message and message.split(": ", 1)[0].replace("_", "").isalnum():
+        # a model validator reports "field: message" (or "section.field: message"); fold it into the path
+        if ": " in message and message.split(": ", 1)[0].replace("_", "").replace(".", "").isalnum():
             field, message = message.split(": ", 1)
             loc.append(field)
         if item["type"] == "extra_forbidden":
-            message = "unknown key"
+            message = f"not a key of the {family} family" if family else "unknown key"
         path = ".".join(p for p in [prefix, *loc] if p)
-        lines.append(f"{path}: {message}")
+        lines.append(f"{path}: {message}" if path else message)
     return "; ".join(lines)
+
+
+def _split_family_tag(loc: list[str]) -> tuple[list[str], str | None]:
+    """pydantic puts the model union's tag into the location: model.clip.queue_size is model.queue_size
+    of the clip family."""
+    for i in range(1, len(loc)):
+        if loc[i - 1] == "model" and loc[i] in MODEL_FAMILIES:
+            return loc[:i] + loc[i + 1:], loc[i]
+    return loc, None
 
 
 def parse_override(text: str) -> tuple[str, Any]:

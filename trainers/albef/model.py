@@ -21,12 +21,12 @@ from transformers.models.bert.modeling_bert import (
     BertOutput,
 )
 
-from trainers.config import ModelConfig
+from trainers.config import AlbefModelConfig
 
 MAX_TEXT_LENGTH = 32
 
 
-def build_bert_config(model_config: ModelConfig, vocab_size: int, num_layers: int) -> BertConfig:
+def build_bert_config(model_config: AlbefModelConfig, vocab_size: int, num_layers: int) -> BertConfig:
     return BertConfig(
         vocab_size=vocab_size,
         hidden_size=model_config.hidden_size,
@@ -38,7 +38,7 @@ def build_bert_config(model_config: ModelConfig, vocab_size: int, num_layers: in
     )
 
 
-def build_vit_config(model_config: ModelConfig, image_size: int) -> ViTConfig:
+def build_vit_config(model_config: AlbefModelConfig, image_size: int) -> ViTConfig:
     if image_size % model_config.patch_size:
         raise ValueError(f"model.patch_size: {model_config.patch_size} does not divide data.image_size {image_size}")
     return ViTConfig(
@@ -106,7 +106,7 @@ class UnimodalTowers(nn.Module):
     created only when `with_independent_heads`, so a run without DFS has no unused parameters.
     """
 
-    def __init__(self, model_config: ModelConfig, image_size: int, vocab_size: int, with_independent_heads: bool):
+    def __init__(self, model_config: AlbefModelConfig, image_size: int, vocab_size: int, with_independent_heads: bool):
         super().__init__()
         hidden, embed_dim = model_config.hidden_size, model_config.embed_dim
         self.vision = ViTModel(build_vit_config(model_config, image_size), add_pooling_layer=False)
@@ -153,7 +153,7 @@ class UnimodalTowers(nn.Module):
 class AlbefModel(nn.Module):
     """The towers, the fusion encoder and the pre-training heads (ITM, MLM)."""
 
-    def __init__(self, model_config: ModelConfig, image_size: int, vocab_size: int, with_independent_heads: bool):
+    def __init__(self, model_config: AlbefModelConfig, image_size: int, vocab_size: int, with_independent_heads: bool):
         super().__init__()
         self.towers = UnimodalTowers(model_config, image_size, vocab_size, with_independent_heads)
         fusion_config = build_bert_config(model_config, vocab_size, model_config.fusion_layers)

@@ -63,8 +63,8 @@ def evaluation_config(saved: RunConfig, tasks: list[str] | None, overrides: list
                 f"--set {key}: the {key.split('.')[0]} section is fixed by the checkpoint's weights"
             )
         set_dotted(tree, key, value)
-    # weights come from the checkpoint: never fetch a pretrained tag again
-    tree["model"]["pretrained"] = None
+    if saved.model.family == "clip":  # weights come from the checkpoint: never fetch a pretrained tag again
+        tree["model"]["pretrained"] = None
     return build_run_config(tree, prefix="--set")
 
 
@@ -121,7 +121,7 @@ def evaluate_checkpoint(
     return {
         "checkpoint": str(directory.resolve()),
         "family": cfg.model.family,
-        "arch": cfg.model.arch,
+        "arch": cfg.model.architecture(),
         "epoch": state.get("epoch"),
         "step": state.get("step"),
         "tasks": [task for task in cfg.eval.tasks if task not in missing],
