@@ -30,6 +30,7 @@ from trainers.data.images import (
     resolve,
 )
 from trainers.data.synthetic import world_split
+from trainers.storage import is_uri, local_path
 
 logger = logging.getLogger(__name__)
 Item = dict[str, torch.Tensor | str | int]
@@ -134,7 +135,7 @@ def shard_urls(path: str) -> list[str]:
 def known_sample_count(urls: list[str]) -> int | None:
     """The shards' sample count from a `sizes.json` beside them ({shard file name: count}, as
     open_clip's `--train-data` reads it), or None when there is none or it does not cover every shard."""
-    folders = {str(Path(url).parent) for url in urls if "://" not in url}
+    folders = {str(local_path(url).parent) for url in urls if not is_uri(url)}
     if len(folders) != 1:
         return None
     sizes_file = Path(folders.pop()) / "sizes.json"
@@ -314,11 +315,11 @@ def check_webdataset(data: DataConfig, world_size: int, batch_size: int) -> None
     the shards and samples can be shared out among `world_size` Ray Train workers' loader workers."""
     urls = shard_urls(data.path)
     for url in urls:
-        if "://" in url:
+        if is_uri(url):
             continue
-        if not Path(url).is_file():
+        if not local_path(url).is_file():
             raise ValueError(f"data.path: shard {url} does not exist")
-        if not tarfile.is_tarfile(url):
+        if not tarfile.is_tarfile(local_path(url)):
             raise ValueError(f"data.path: shard {url} is not a tar file")
     samples = data.samples_per_epoch or known_sample_count(urls)
     if samples is None:
