@@ -232,8 +232,8 @@ def exploratory_results(trials: pd.DataFrame) -> list[ContrastResult]:
         return []
     finished["others"] = finished.apply(regularizers_beside_align, axis=1)
     metrics = info_gap_metrics(finished.columns)
-    study = trials.attrs.get("study")
-    batch = f" [batch {study.base.train.batch_size}]" if study is not None else ""
+    sizes = finished["train.batch_size"].dropna().unique() if "train.batch_size" in finished else []
+    batch = f" [batch {int(sizes[0])}]" if len(sizes) == 1 else ""  # a searched batch size is in the labels
     raw: dict[str, list[tuple[str, str, Comparison, dict]]] = {"pressure": [], "recovery": []}
     for gap, at_gap in finished.groupby(GAP_KEY):
         plain = at_gap[at_gap["others"] == NO_OTHER_REGULARIZER]
@@ -279,9 +279,8 @@ def analyse_exploratory(trials: pd.DataFrame) -> InfoGapAnalysis:
     return InfoGapAnalysis(verdict, findings, results)
 
 
-def analyse_info_gap(trials: pd.DataFrame, study: StudySpec | None = None) -> InfoGapAnalysis:
-    study = study if study is not None else trials.attrs.get("study")
-    if study is not None and study.hypothesis is not None:
+def analyse_info_gap(trials: pd.DataFrame, study: StudySpec) -> InfoGapAnalysis:
+    if study.hypothesis is not None:
         return analyse_hypothesis(trials, study, study.hypothesis)
     return analyse_exploratory(trials)
 

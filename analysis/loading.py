@@ -22,8 +22,9 @@ from trainers.storage import STUDY_FILE, TRIALS_DIR
 from trainers.study_spec import StudySpec, grid_values, load_study, trial_params
 
 SEED_KEY = "train.seed"
-# Resolved for every trial, searched or not, because labels, plots and the info-gap section need them.
-ALWAYS_RESOLVED = (*REGULARIZER_KEYS, "data.info_gap")
+# Resolved for every trial, searched or not, because labels, plots, tables (weights are shown with the batch
+# size they were used at) and the info-gap section need them.
+ALWAYS_RESOLVED = (*REGULARIZER_KEYS, "data.info_gap", "train.batch_size")
 
 
 def read_study(results_dir: str | Path) -> StudySpec:
@@ -152,14 +153,16 @@ def trial_dirs(results_dir: Path) -> list[Path]:
 
 def load(results_dir: str | Path) -> pd.DataFrame:
     """One tidy row per trial of the study in `results_dir` (see the module docstring for statuses)."""
-    study = read_study(results_dir)
-    records = [read_trial(study, path) for path in trial_dirs(Path(results_dir))]
+    return read_trials(read_study(results_dir), Path(results_dir))
+
+
+def read_trials(study: StudySpec, results_dir: Path) -> pd.DataFrame:
+    """`load` for a study already read from `results_dir`."""
+    records = [read_trial(study, path) for path in trial_dirs(results_dir)]
     trials = pd.DataFrame.from_records(records)
     if trials.empty:
         trials = pd.DataFrame(columns=["trial_id", "trial_dir", "status", "error", "seed", *ALWAYS_RESOLVED])
-    trials = label_configurations(trials, [key for key in study.search.searched_keys if key != SEED_KEY])
-    trials.attrs["study"] = study
-    return trials
+    return label_configurations(trials, [key for key in study.search.searched_keys if key != SEED_KEY])
 
 
 def load_history(results_dir: str | Path) -> pd.DataFrame:

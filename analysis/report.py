@@ -21,7 +21,7 @@ from analysis import plots, provenance
 from analysis.checks import BedCheck, checks_frame, not_testable, probe_check
 from analysis.configs import REGULARIZER_KEYS, configuration_order
 from analysis.info_gap import InfoGapAnalysis, analyse_info_gap, is_info_gap_study
-from analysis.loading import history_of, load, missing_trials
+from analysis.loading import history_of, missing_trials, read_study, read_trials
 from analysis.metrics import (
     SHARED_CLASS_PROBE,
     STRUCTURE_METRICS,
@@ -513,8 +513,8 @@ def write_report_and_answer(results_dir: str | Path, out_dir: str | Path | None 
     if unknown:
         raise ValueError(f"--formats: unknown format(s) {', '.join(unknown)} (choose from {', '.join(FORMATS)})")
     results_dir = Path(results_dir)
-    trials = load(results_dir)
-    study: StudySpec = trials.attrs["study"]
+    study = read_study(results_dir)
+    trials = read_trials(study, results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir / REPORT_DIR
     writer = ReportWriter(out_dir, tuple(formats))
     sections = build_sections(study, results_dir, trials, writer, interrupted)

@@ -211,14 +211,11 @@ def ablation_table(trials: pd.DataFrame, metrics: list[str], title: str, rank_me
 
 
 def batch_sizes_of(trials: pd.DataFrame, rows: list[str]) -> dict[str, int]:
-    """Each configuration's batch size (a searched train.batch_size, else the study's base)."""
-    study = trials.attrs.get("study")
-    if "train.batch_size" in trials:
-        first = trials.drop_duplicates("config").set_index("config")["train.batch_size"]
-        return {row: int(first[row]) for row in rows if row in first.index and pd.notna(first[row])}
-    if study is None:
+    """Each configuration's batch size (its trials' train.batch_size, which loading resolves for every trial)."""
+    if "train.batch_size" not in trials:
         return {}
-    return dict.fromkeys(rows, int(study.base.train.batch_size))
+    first = trials.drop_duplicates("config").set_index("config")["train.batch_size"]
+    return {row: int(first[row]) for row in rows if row in first.index and pd.notna(first[row])}
 
 
 def _baseline_of(finished: pd.DataFrame, group: pd.DataFrame) -> pd.DataFrame | None:

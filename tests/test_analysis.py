@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import analysis
-from analysis.loading import missing_trials
+from analysis.loading import missing_trials, read_study
 from analysis.stats import PAIRED_EXACT, UNPAIRED, compare, correct
 from analysis.summary import select_configuration
 from analysis.tables import SELECTED_MARK, ablation_table, reference_table
@@ -60,7 +60,7 @@ def test_partial_study_reports_missing_and_empty_trials(tmp_path):
     root = fx.write_results_dir(tmp_path / "partial", fx.ablation_search(), fx.ablation_trials()[:37])
     (root / "trials" / "train_trial_empty").mkdir()  # started, nothing written yet
     trials = analysis.load(root)
-    study = trials.attrs["study"]
+    study = read_study(root)
     assert study.num_trials() == 40
     # the empty directory, and a trial with 1 of 3 epochs (no scheduler stops trials: interrupted, not "early")
     assert trials["status"].value_counts()["incomplete"] == 2
@@ -87,9 +87,8 @@ def test_results_read_away_from_their_data_load_and_are_still_validated(tmp_path
     root = fx.write_results_dir(tmp_path / "moved", fx.ablation_search(), specs, base=base)
     with pytest.raises(ConfigError, match="/elsewhere"):
         load_study(root / "study.yaml")
-    trials = analysis.load(root)
-    assert trials["status"].tolist() == ["finished"]
-    assert trials.attrs["study"].base.data.zeroshot == ["cifar10:/elsewhere/cifar"]
+    assert analysis.load(root)["status"].tolist() == ["finished"]
+    assert read_study(root).base.data.zeroshot == ["cifar10:/elsewhere/cifar"]
     base["train"]["epochs"] = 0
     with pytest.raises(ConfigError, match="base.train.epochs"):
         analysis.load(fx.write_results_dir(tmp_path / "broken", fx.ablation_search(), specs, base=base))
@@ -198,8 +197,8 @@ def test_result_json_garbage_lines_are_skipped(tmp_path):
 def test_info_gap_cells_resolve_unnamed_keys_to_the_base(tmp_path):
     from analysis.info_gap import cell_trials
 
-    trials = analysis.load(fx.write_info_gap_study(tmp_path / "gap"))
-    study = trials.attrs["study"]
+    root = fx.write_info_gap_study(tmp_path / "gap")
+    trials, study = analysis.load(root), read_study(root)
     # "pressure alone" is not every arm with pressure: gc keeps the base's 0
     alone = cell_trials(trials, study, {"data.info_gap": 1.0, "regularizers.align": 1.0})
     assert len(alone) == 8 and (alone["regularizers.gc"] == 0).all() and (alone["data.info_gap"] == 1).all()
