@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 from trainers.checkpoint import load_training_state, save_training_state
 from trainers.config import RunConfig, TrainConfig
 from trainers.data.images import InputDataError
-from trainers.family import TrainingModule, get_family, total_loss
+from trainers.family import Family, TrainingModule, get_family, total_loss
 
 # Micro-steps between the host's reads of the run's health (finiteness, bad input, end of data): in
 # between, nothing in a step waits for the device or for another rank beyond DDP's own collectives.
@@ -288,121 +288,224 @@ def run_training(loop_config: dict[str, Any], session: WorkerSession) -> None:
     """The loop. `loop_config["run"]` is a RunConfig as JSON; it is validated here. Raises
     NonFiniteLossError (a loss term became NaN or inf) or InputDataError (data that cannot be read),
     on every rank at once; `loop_config["check_every_steps"]` overrides CHECK_EVERY_STEPS."""
+    run = set_up(loop_config, session)
+    for epoch in range(run.start_epoch, run.cfg.train.epochs):
+        epoch_metrics = train_one_epoch(run, epoch)
+        end_epoch(run, epoch, epoch_metrics)
+    if run.progress is not None:
+        run.progress.close()
+
+
+@dataclass
+class TrainingRun:
+    """Everything the epochs share: what was built at set-up, and the optimizer step count."""
+
+    cfg: RunConfig
+    session: WorkerSession
+    family: Family
+    core: TrainingModule  # the module itself, without DDP or compilation around it
+    model: torch.nn.Module  # what the steps call: `core` in DDP, compiled if asked
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loader: DataLoader
+    sampler: DistributedSampler | None
+    start_epoch: int
+    step: int
+    check_every: int
+    watch: FinitenessWatch
+    writer: Any = None  # a TensorBoard SummaryWriter on rank 0, if asked
+    progress: Any = None  # a progress bar on rank 0, if asked
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def set_up(loop_config: dict[str, Any], session: WorkerSession) -> TrainingRun:
+    """Model, optimizer, data and schedule, restored from the session's checkpoint if it has one."""
     cfg = RunConfig.model_validate(loop_config["run"])
-    check_every = loop_config.get("check_every_steps", CHECK_EVERY_STEPS)
     quiet_ray_train_logs()
-    rank, world_size, device = session.rank, session.world_size, session.device
     family = get_family(cfg.model.family)
 
     seed_everything(cfg.train.seed)  # same initial weights on every rank
     module = family.build_module(cfg)
     optimizer = build_optimizer(module, cfg.train)
-    loader, sampler = build_loader(cfg, rank, world_size)
+    loader, sampler = build_loader(cfg, session.rank, session.world_size)
     steps_per_epoch = max(1, len(loader) // cfg.train.grad_accum_steps)
     scheduler = cosine_schedule(optimizer, cfg.train.warmup_steps, steps_per_epoch * cfg.train.epochs)
-
-    start_epoch, step = 0, 0
-    checkpoint = session.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            restored = load_training_state(Path(directory), cfg, rank)
-        module.load_state_dict(restored["module"])
-        optimizer.load_state_dict(restored["optimizer"])
-        scheduler.load_state_dict(restored["scheduler"])
-        start_epoch, step = restored["epoch"] + 1, restored["step"]
-    seed_everything(cfg.train.seed * 1000 + rank + start_epoch * 7919)
-    if checkpoint is not None and "rng" in restored:
-        torch.set_rng_state(restored["rng"]["torch"])
-        random.setstate(restored["rng"]["python"])
+    start_epoch, step = resume(session, cfg, module, optimizer, scheduler)
 
     model = session.prepare_model(module)
     core: TrainingModule = model.module if hasattr(model, "module") else model
     if cfg.train.compile:
         model = torch.compile(model)
-    writer = _tensorboard_writer(loop_config.get("tensorboard_dir"), rank)
-    progress = _progress_bar(loop_config.get("show_progress", False), rank, cfg, steps_per_epoch, start_epoch)
-    watch = FinitenessWatch(device)
+    return TrainingRun(
+        cfg=cfg, session=session, family=family, core=core, model=model, optimizer=optimizer,
+        scheduler=scheduler, loader=loader, sampler=sampler, start_epoch=start_epoch, step=step,
+        check_every=loop_config.get("check_every_steps", CHECK_EVERY_STEPS),
+        watch=FinitenessWatch(session.device),
+        writer=_tensorboard_writer(loop_config.get("tensorboard_dir"), session.rank),
+        progress=_progress_bar(loop_config.get("show_progress", False), session.rank, cfg, steps_per_epoch,
+                               start_epoch),
+    )
 
-    for epoch in range(start_epoch, cfg.train.epochs):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        if hasattr(loader.dataset, "set_epoch"):
-            loader.dataset.set_epoch(epoch)
-        model.train()
-        # accumulated on the device: no host sync per term per step
-        sums: dict[str, torch.Tensor | float] = defaultdict(float)
-        num_batches, num_samples, started, shown = 0, 0, time.perf_counter(), 0
-        batches = LockstepBatches(loader)
-        loss = None
-        for micro_step in count():
-            batch = batches.next()
-            if micro_step % check_every == 0 or micro_step >= batches.length:  # the epoch's last, too
-                ended = agree_at_check_point(watch, batches, epoch, micro_step == 0, device)
-                if progress is not None and loss is not None:  # the device is idle here: this read is free
-                    rate = num_samples / (time.perf_counter() - started)
-                    progress.update(micro_step - shown)
-                    progress.set_description(f"epoch {epoch} loss {loss.item():.3f} {rate:.0f} samples/s")
-                    shown = micro_step
-                if ended:
-                    break
-            batch = to_device(batch, device)
-            last_micro = (micro_step + 1) % cfg.train.grad_accum_steps == 0
-            sync = nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
-            with sync:
-                with autocast_context(cfg, device):
-                    losses, metrics = model(batch)
-                loss = total_loss(losses)
-                watch.observe(losses, loss, step)
-                (loss / cfg.train.grad_accum_steps).backward()
-            if last_micro:
-                if cfg.train.grad_clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                core.after_optimizer_step()
-                step += 1
-            num_batches += 1
-            num_samples += batch_size_of(batch) * world_size
-            sums["train/loss"] += loss.detach()
-            for key, value in losses.items():
-                sums[f"train/{key}"] += value.detach()
-            for key, value in metrics.items():
-                sums[f"train/{key}"] += value.detach() if isinstance(value, torch.Tensor) else float(value)
-            if cfg.train.report_every_steps and last_micro and step % cfg.train.report_every_steps == 0:
-                session.report({"epoch": epoch, "step": step, "train/loss": loss.item()})
-        elapsed = time.perf_counter() - started
 
-        epoch_metrics = {key: float(value) / max(1, num_batches) for key, value in sums.items()}
-        epoch_metrics |= {
-            "epoch": epoch,
-            "step": step,
-            "train/samples_per_s": num_samples / elapsed,
-            "train/lr": scheduler.get_last_lr()[-1],
-        }
-        last_epoch = epoch == cfg.train.epochs - 1
-        bad_input = None
-        try:
-            if rank == 0 and (cfg.eval.every_epoch or last_epoch):
-                epoch_metrics |= family.evaluate(core, cfg, device)
-        except InputDataError as exc:  # an evaluation image; the other ranks wait for rank 0 below
-            bad_input = exc.reason
-        if (bad_input := agree(bad_input, device)) is not None:
-            raise InputDataError(bad_input)
-        if writer is not None:
-            for key, value in epoch_metrics.items():
-                writer.add_scalar(key, value, step)
-            writer.flush()
-        with tempfile.TemporaryDirectory() as directory:
-            saved = {"module": core.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step}
-            rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-            save_training_state(Path(directory), cfg, rank, saved if rank == 0 else None, rng)
-            if rank == 0 and last_epoch and family.embedding_sample is not None:
-                np.savez(Path(directory) / "embeddings.npz", **family.embedding_sample(core, cfg, device))
-            session.report(epoch_metrics, directory, f"checkpoint_epoch_{epoch:04d}")
-    if progress is not None:
-        progress.close()
+def resume(session: WorkerSession, cfg: RunConfig, module: TrainingModule, optimizer: torch.optim.Optimizer,
+           scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, int]:
+    """Load the session's checkpoint, if any, and seed this rank's random streams for the epochs to come;
+    returns the epoch to start at and the optimizer steps taken so far."""
+    start_epoch, step = 0, 0
+    checkpoint = session.get_checkpoint()
+    restored: dict[str, Any] = {}
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            restored = load_training_state(Path(directory), cfg, session.rank)
+        module.load_state_dict(restored["module"])
+        optimizer.load_state_dict(restored["optimizer"])
+        scheduler.load_state_dict(restored["scheduler"])
+        start_epoch, step = restored["epoch"] + 1, restored["step"]
+    seed_everything(cfg.train.seed * 1000 + session.rank + start_epoch * 7919)
+    if "rng" in restored:  # the streams as they were when the checkpoint was saved
+        torch.set_rng_state(restored["rng"]["torch"])
+        random.setstate(restored["rng"]["python"])
+    return start_epoch, step
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+class EpochLog:
+    """The epoch's running sums of losses and metrics, kept on the device (no host sync per term per
+    step), and its sample count for the throughput."""
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+        self.sums: dict[str, torch.Tensor | float] = defaultdict(float)
+        self.num_batches = 0
+        self.num_samples = 0
+        self.started = time.perf_counter()
+
+    def add(self, batch: dict[str, Any], loss: torch.Tensor, losses: dict[str, torch.Tensor],
+            metrics: dict[str, Any]) -> None:
+        self.num_batches += 1
+        self.num_samples += batch_size_of(batch) * self.world_size
+        self.sums["train/loss"] += loss.detach()
+        for key, value in losses.items():
+            self.sums[f"train/{key}"] += value.detach()
+        for key, value in metrics.items():
+            self.sums[f"train/{key}"] += value.detach() if isinstance(value, torch.Tensor) else float(value)
+
+    def samples_per_s(self) -> float:
+        return self.num_samples / (time.perf_counter() - self.started)
+
+    def means(self) -> dict[str, float]:
+        return {key: float(value) / max(1, self.num_batches) for key, value in self.sums.items()}
+
+
+def train_one_epoch(run: TrainingRun, epoch: int) -> dict[str, Any]:
+    """The epoch's micro-steps, with a check point every `check_every` of them and at the end; returns the
+    epoch's mean losses and training metrics."""
+    if run.sampler is not None:
+        run.sampler.set_epoch(epoch)
+    if hasattr(run.loader.dataset, "set_epoch"):
+        run.loader.dataset.set_epoch(epoch)
+    run.model.train()
+    log = EpochLog(run.session.world_size)
+    batches = LockstepBatches(run.loader)
+    loss, shown = None, 0
+    for micro_step in count():
+        batch = batches.next()
+        if micro_step % run.check_every == 0 or micro_step >= batches.length:  # the epoch's last, too
+            ended = agree_at_check_point(run.watch, batches, epoch, micro_step == 0, run.session.device)
+            if run.progress is not None and loss is not None:  # the device is idle here: this read is free
+                rate = log.samples_per_s()
+                run.progress.update(micro_step - shown)
+                run.progress.set_description(f"epoch {epoch} loss {loss.item():.3f} {rate:.0f} samples/s")
+                shown = micro_step
+            if ended:
+                break
+        batch = to_device(batch, run.session.device)
+        loss, losses, metrics, stepped = train_micro_step(run, batch, micro_step)
+        log.add(batch, loss, losses, metrics)
+        report_every = run.cfg.train.report_every_steps
+        if report_every and stepped and run.step % report_every == 0:
+            run.session.report({"epoch": epoch, "step": run.step, "train/loss": loss.item()})
+    samples_per_s = log.samples_per_s()
+    return log.means() | {
+        "epoch": epoch,
+        "step": run.step,
+        "train/samples_per_s": samples_per_s,
+        "train/lr": run.scheduler.get_last_lr()[-1],
+    }
+
+
+def train_micro_step(run: TrainingRun, batch: dict[str, Any], micro_step: int
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, Any], bool]:
+    """Forward and backward on one batch; the optimizer steps on the last of `grad_accum_steps` micro-steps
+    (DDP synchronises gradients only then). Returns the total loss, its terms, the model's metrics and
+    whether the optimizer stepped."""
+    train = run.cfg.train
+    last_micro = (micro_step + 1) % train.grad_accum_steps == 0
+    sync = nullcontext() if last_micro or not hasattr(run.model, "no_sync") else run.model.no_sync()
+    with sync:
+        with autocast_context(run.cfg, run.session.device):
+            losses, metrics = run.model(batch)
+        loss = total_loss(losses)
+        run.watch.observe(losses, loss, run.step)
+        (loss / train.grad_accum_steps).backward()
+    if last_micro:
+        if train.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), train.grad_clip_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.core.after_optimizer_step()
+        run.step += 1
+    return loss, losses, metrics, last_micro
+
+
+# --------------------------------------------------------------------------- end of an epoch
+
+
+def end_epoch(run: TrainingRun, epoch: int, epoch_metrics: dict[str, Any]) -> None:
+    """Evaluation (rank 0), TensorBoard, then a checkpoint reported with the epoch's metrics."""
+    last_epoch = epoch == run.cfg.train.epochs - 1
+    epoch_metrics |= evaluate_on_rank_0(run, last_epoch)
+    if run.writer is not None:
+        for key, value in epoch_metrics.items():
+            run.writer.add_scalar(key, value, run.step)
+        run.writer.flush()
+    save_and_report(run, epoch, epoch_metrics, last_epoch)
+
+
+def evaluate_on_rank_0(run: TrainingRun, last_epoch: bool) -> dict[str, float]:
+    """The family's downstream evaluation on rank 0 (after every epoch, or only the last). Every rank meets
+    in `agree` each epoch: the others wait there for rank 0, and all learn of an evaluation image it could
+    not read."""
+    metrics: dict[str, float] = {}
+    bad_input = None
+    try:
+        if run.session.rank == 0 and (run.cfg.eval.every_epoch or last_epoch):
+            metrics = run.family.evaluate(run.core, run.cfg, run.session.device)
+    except InputDataError as exc:
+        bad_input = exc.reason
+    if (bad_input := agree(bad_input, run.session.device)) is not None:
+        raise InputDataError(bad_input)
+    return metrics
+
+
+def save_and_report(run: TrainingRun, epoch: int, epoch_metrics: dict[str, Any], last_epoch: bool) -> None:
+    """The epoch's checkpoint (weights, optimizer and schedule from rank 0; every rank's random streams; on
+    the last epoch the report's embedding sample) handed to the session with the epoch's one report."""
+    rank = run.session.rank
+    with tempfile.TemporaryDirectory() as directory:
+        saved = {"module": run.core.state_dict(), "optimizer": run.optimizer.state_dict(),
+                 "scheduler": run.scheduler.state_dict(), "epoch": epoch, "step": run.step}
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        save_training_state(Path(directory), run.cfg, rank, saved if rank == 0 else None, rng)
+        if rank == 0 and last_epoch and run.family.embedding_sample is not None:
+            sample = run.family.embedding_sample(run.core, run.cfg, run.session.device)
+            np.savez(Path(directory) / "embeddings.npz", **sample)
+        run.session.report(epoch_metrics, directory, f"checkpoint_epoch_{epoch:04d}")
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
