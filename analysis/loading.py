@@ -223,3 +223,10 @@ def missing_trials(study: StudySpec, trials: pd.DataFrame) -> list[str]:
 def _canonical(value: Any) -> Any:
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
     return round(float(value), 12) if is_number else value
+
+
+def load_optuna_study(storage_path: Path, study_name: str):
+    """The study's Optuna record (`optuna.db`); optuna is imported here, for the reports that have one."""
+    import optuna
+
+    return optuna.load_study(study_name=study_name, storage=f"sqlite:///{storage_path}")

@@ -169,10 +169,6 @@ def configuration_order_of(history: pd.DataFrame) -> list[str]:
 # --------------------------------------------------------------------------- optuna
 
 
-def load_optuna_study(storage_path: Path, study_name: str) -> optuna.Study:
-    return optuna.load_study(study_name=study_name, storage=f"sqlite:///{storage_path}")
-
-
 def optuna_history(study: optuna.Study) -> plt.Figure:
     # optuna's plots switch matplotlib to its own style globally: rc_context puts ours back after
     with warnings.catch_warnings(), matplotlib.rc_context():

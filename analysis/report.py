@@ -21,7 +21,7 @@ from analysis import plots, provenance
 from analysis.checks import BedCheck, checks_frame, not_testable, probe_check
 from analysis.configs import REGULARIZER_KEYS, configuration_order
 from analysis.info_gap import InfoGapAnalysis, analyse_info_gap, is_info_gap_study
-from analysis.loading import history_of, missing_trials, read_study, read_trials
+from analysis.loading import history_of, load_optuna_study, missing_trials, read_study, read_trials
 from analysis.metrics import (
     SHARED_CLASS_PROBE,
     STRUCTURE_METRICS,
@@ -325,7 +325,7 @@ def _optuna_section(writer: ReportWriter, study: StudySpec, results_dir: Path) -
 
     section = Section("Optuna search")
     try:
-        optuna_study = plots.load_optuna_study(optuna_db, study.name)
+        optuna_study = load_optuna_study(optuna_db, study.name)
     except KeyError:
         section.paragraphs.append(f"{optuna_db} holds no study named {study.name!r}.")
         return section

@@ -15,6 +15,7 @@ import pytest
 import analysis
 from analysis import plots
 from analysis.configs import configuration_order
+from analysis.loading import load_optuna_study
 from analysis.report import main, write_report
 from analysis.tables import SELECTED_MARK
 
@@ -103,7 +104,7 @@ def test_plot_axes_say_what_is_shown(ablation_report):
 @pytest.mark.slow
 def test_optuna_plots_and_report(tmp_path):
     root = fx.write_optuna_study(tmp_path / "optuna")
-    study = plots.load_optuna_study(root / "optuna.db", "gc-optuna")
+    study = load_optuna_study(root / "optuna.db", "gc-optuna")
     objectives = sorted(trial.value for trial in study.trials)
     assert len(objectives) == len(fx.OPTUNA_WEIGHTS)
     history = plots.optuna_history(study)

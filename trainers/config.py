@@ -370,8 +370,9 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     tree = read_yaml(path)
     prefix = ""
     if "base" in tree and "search" in tree:
+        study_name = tree.get("name", "run")
         tree, prefix = dict(tree["base"] or {}), "base"
-        tree.setdefault("name", read_yaml(path).get("name", "run"))
+        tree.setdefault("name", study_name)
     for item in overrides:
         set_dotted(tree, *parse_override(item))
     return build_run_config(tree, prefix)

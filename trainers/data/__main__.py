@@ -15,7 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     preview = commands.add_parser("preview", help="render samples and one item of each downstream task")
     preview.add_argument("config", help="run YAML (or a study YAML, whose base: is used)")
     preview.add_argument("--out", default="preview.png", help="PNG file to write")
-    preview.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    preview.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a configuration key (repeatable), e.g. --set data.info_gap=1.0")
+    preview.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     try:
         config = load_run_config(args.config, args.overrides)
@@ -24,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
 
         out = render_preview(config, build_task_sets(config.data), Path(args.out))
     except (ConfigError, ValueError) as exc:
+        if args.debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {out}")
