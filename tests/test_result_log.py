@@ -23,7 +23,7 @@ def test_rows_up_to_keeps_the_resumed_iterations_and_drops_a_cut_line():
     assert rows_up_to(lines, 0) == []
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")  # one Ray for both writers: starting it is most of each test's time
 def local_ray():
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     yield
