@@ -16,6 +16,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.metrics import readable
+from trainers.albef.names import TRAINED_FLAG
 
 CHECK_P = 0.001
 FAR_FRACTION = 1 / 3
@@ -29,22 +30,26 @@ class BedCheck:
     seeds: int
     chance: float
     eval_size: int
-    binomial_p: float
+    binomial_p: float | None  # None: a check of per-trial flags, no binomial test
     needed: float  # the smallest passing value (the margin; chance for "above chance")
     far: bool  # the margin applies
 
     @property
     def passed(self) -> bool:
-        return self.binomial_p < CHECK_P and self.value >= self.needed
+        return (self.binomial_p is None or self.binomial_p < CHECK_P) and self.value >= self.needed
 
     def describe(self) -> str:
+        if self.binomial_p is None:
+            return (f"{readable(self.metric)} = {self.value:.3f} ({self.where}: the fraction of {self.seeds} seeds "
+                    f"whose ALBEF pre-training brought ITC below chance and ITM above its prior); needs 1")
         rule = f"needs >= {self.needed:.3f} and binomial p < {CHECK_P}" if self.far else \
             f"needs binomial p < {CHECK_P} above chance"
         return (f"{readable(self.metric)} = {self.value:.3f} ({self.where}, mean of {self.seeds} seeds), "
                 f"chance {self.chance:.3f}; {rule}")
 
     def row(self) -> dict[str, object]:
-        binomial = f"{self.binomial_p:.2g}" if self.binomial_p > 0 else "< 1e-300"  # below float range
+        binomial = ("-" if self.binomial_p is None
+                    else f"{self.binomial_p:.2g}" if self.binomial_p > 0 else "< 1e-300")  # below float range
         return {"check": readable(self.metric), "trials": self.where, "value": round(self.value, 3),
                 "chance": round(self.chance, 3), "needed": round(self.needed, 3), "binomial p": binomial,
                 "seeds": self.seeds, "passed": "yes" if self.passed else "NO"}
@@ -73,6 +78,15 @@ def probe_check(trials: pd.DataFrame, metric: str, where: str, dataset: str, eva
     p_value = float(stats.binomtest(successes, eval_size, chance, alternative="greater").pvalue)
     needed = chance + (1.0 - chance) * FAR_FRACTION if far else chance
     return BedCheck(metric, where, value, len(per_seed), chance, eval_size, p_value, needed, far)
+
+
+def trained_check(trials: pd.DataFrame, where: str) -> BedCheck | None:
+    """Every given ALBEF trial's pre-training linked images and texts (`albef/trained`); None for CLIP."""
+    if TRAINED_FLAG not in trials or trials[TRAINED_FLAG].dropna().empty:
+        return None
+    per_seed = trials.groupby("seed")[TRAINED_FLAG].mean().dropna()
+    return BedCheck(TRAINED_FLAG, where, float(per_seed.mean()), len(per_seed), chance=0.0, eval_size=0,
+                    binomial_p=None, needed=1.0, far=False)
 
 
 def checks_frame(checks: list[BedCheck]) -> pd.DataFrame:

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.configs import REGULARIZER_KEYS, label_configurations
+from trainers.albef.names import TRAINED_FLAG
 from trainers.config import flatten
 from trainers.storage import STUDY_FILE, TRIALS_DIR
 from trainers.study_spec import StudySpec, grid_values, load_study, trial_params
@@ -121,6 +122,9 @@ def read_trial(study: StudySpec, trial_dir: Path) -> dict[str, Any]:
     else:  # nothing stops a trial early without a scheduler: the study was interrupted (or is still running)
         status = "incomplete"
         reason = f"{epochs} of {study.base.train.epochs} epochs so far (--resume continues it)"
+    final = _final_metrics(rows)
+    if status == "finished" and final.get(TRAINED_FLAG, 1.0) < 0.5:
+        status, reason = "not_trained", untrained_reason(final)
     resolved = flatten(study.trial_run_config(trial_params(params)).model_dump())
     record: dict[str, Any] = {
         "trial_id": next((row["trial_id"] for row in rows if "trial_id" in row), trial_dir.name),
@@ -135,8 +139,17 @@ def read_trial(study: StudySpec, trial_dir: Path) -> dict[str, Any]:
         record[key] = resolved.get(key)
     for key, value in study.base.resources.model_dump().items():
         record[f"resources.{key}"] = value
-    record.update(_final_metrics(rows))
+    record.update(final)
     return record
+
+
+def untrained_reason(final: dict[str, float]) -> str:
+    """Why an ALBEF trial is left out of the comparisons: its pre-training linked no image to its text."""
+    return (f"not trained: ITC {final.get('albef/itc_loss', float('nan')):.3f} against its chance "
+            f"{final.get('albef/itc_chance', float('nan')):.3f}, ITM accuracy "
+            f"{final.get('albef/itm_accuracy', float('nan')):.3f} against its prior "
+            f"{final.get('albef/itm_prior_accuracy', float('nan')):.3f} "
+            "(needs ITC below chance and ITM above the prior)")
 
 
 def trial_dirs(results_dir: Path) -> list[Path]:

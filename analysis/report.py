@@ -18,7 +18,7 @@ import jinja2
 import pandas as pd
 
 from analysis import plots, provenance
-from analysis.checks import BedCheck, checks_frame, not_testable, probe_check
+from analysis.checks import BedCheck, checks_frame, not_testable, probe_check, trained_check
 from analysis.configs import REGULARIZER_KEYS, configuration_order
 from analysis.info_gap import InfoGapAnalysis, analyse_info_gap, is_info_gap_study
 from analysis.loading import history_of, load_optuna_study, missing_trials, read_study, read_trials
@@ -179,8 +179,8 @@ def _overview(writer: ReportWriter, study: StudySpec, trials: pd.DataFrame, tabl
 def _is_partial(study: StudySpec, trials: pd.DataFrame, interrupted: str | None) -> bool:
     """Interrupted, or fewer finished trials than the study expects (a report built mid-study)."""
     expected = study.num_trials()
-    finished = int((trials["status"] == "finished").sum()) if not trials.empty else 0
-    return interrupted is not None or finished + _failed(trials) < expected
+    ended = int(trials["status"].isin(["finished", "not_trained"]).sum()) if not trials.empty else 0
+    return interrupted is not None or ended + _failed(trials) < expected
 
 
 def _failed(trials: pd.DataFrame) -> int:
@@ -188,12 +188,15 @@ def _failed(trials: pd.DataFrame) -> int:
 
 
 def study_checks(study: StudySpec, trials: pd.DataFrame) -> list[BedCheck]:
-    """The generic test-bed check: the shared-class probe on the image embedding of the baseline far above
-    chance (the info-gap section adds its own in its reference cell)."""
+    """The generic test-bed checks: the shared-class probe on the image embedding of the baseline far above
+    chance, and for ALBEF every baseline trial's pre-training linking images and texts (the info-gap
+    section adds its own in its reference cell)."""
     finished = trials[(trials["status"] == "finished") & trials["is_baseline"]]
     dataset, eval_size = str(study.base.data.dataset), int(getattr(study.base.data, "eval_size", 0) or 0)
     check = probe_check(finished, SHARED_CLASS_PROBE, "baseline", dataset, eval_size, far=True)
-    return [check] if check is not None else []
+    pretrained = trained_check(trials[trials["status"].isin(["finished", "not_trained"]) & trials["is_baseline"]],
+                               "baseline")
+    return [c for c in (check, pretrained) if c is not None]
 
 
 def _checks_section(writer: ReportWriter, checks: list[BedCheck]) -> Section:

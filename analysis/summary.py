@@ -74,7 +74,7 @@ def _verdict(metric: str, comparison: Comparison) -> str:
 def status_sentence(trials: pd.DataFrame, missing: list[str], expected: int | None) -> str:
     counts = trials["status"].value_counts() if not trials.empty else pd.Series(dtype=int)
     parts = [f"{counts.get(status, 0)} {status.replace('_', ' ')}"
-             for status in ("finished", "stopped_early", "failed", "incomplete")]
+             for status in ("finished", "not_trained", "stopped_early", "failed", "incomplete")]
     expected_text = f" of {expected} expected" if expected is not None else ""
     num_missing = max(expected - len(trials), 0) if expected is not None else len(missing)
     return (f"{len(trials)} trial directories{expected_text}: " + ", ".join(parts)
@@ -179,12 +179,12 @@ def _verdict_sentence(comparison: Comparison | None, selection: Selection, metri
     """One sentence from the Holm-corrected primary comparison; never a verdict from an uncorrected p."""
     if selection.config is None:
         return "no verdict — nothing could be selected."
+    if untestable:  # a failed test bed says more than a missing baseline: it is why there is none
+        return f"no verdict — {untestable}."
     if comparison is None:
         return (f"the baseline itself was selected on {selection.by_metric}: no regularized configuration beat it "
                 "on validation." if "baseline" in selection.config else
                 "no verdict — the selected configuration has no baseline in its context.")
-    if untestable:
-        return f"no verdict — {untestable}."
     if not comparison.testable:
         return f"no verdict — {comparison.certainty()}."
     if comparison.significant:

@@ -230,3 +230,33 @@ window.addEventListener("load", () => {
     control = tmp_path / "control.html"
     control.write_text(probe.read_text().replace("<h1>", '<div style="width: 2000px">wide</div><h1>', 1))
     assert measure(control)["scrollWidth"] > 1400
+
+
+def test_albef_trials_whose_pretraining_linked_nothing_are_not_compared(tmp_path):
+    """`albef/trained` = 0 (ITC at chance, ITM at its prior): the trial is "not trained", left out of the
+    tables, listed with its numbers; a baseline that never trained makes the study's verdict "not testable"."""
+    untrained = {"albef/trained": 0.0, "albef/itc_loss": 5.65, "albef/itc_chance": 5.663,
+                 "albef/itm_accuracy": 0.667, "albef/itm_prior_accuracy": 0.667}
+    trained = untrained | {"albef/trained": 1.0, "albef/itc_loss": 4.2, "albef/itm_accuracy": 0.8}
+    specs = [fx.TrialSpec({"regularizers.gc": gc, "train.seed": seed},
+                          (trained if gc and seed == 0 else untrained) | {"retrieval/mean_recall": 0.02 + gc / 10,
+                                                                          "val/retrieval/mean_recall": 0.02})
+             for gc in (0.0, 0.5) for seed in (0, 1)]
+    base = fx.base_config() | {"model": {"family": "albef"}}
+    base["eval"] = {"tasks": ["retrieval"]}
+    search = {"method": "grid", "metric": "retrieval/mean_recall", "mode": "max", "seeds": [0, 1],
+              "space": {"regularizers.gc": {"type": "grid", "values": [0.0, 0.5]}}}
+    root = fx.write_results_dir(tmp_path / "albef", search, specs, base=base)
+
+    trials = analysis.load(root)
+    assert trials["status"].value_counts().to_dict() == {"not_trained": 3, "finished": 1}
+    reason = trials[trials["status"] == "not_trained"]["error"].iloc[0]
+    assert reason.startswith("not trained: ITC 5.650 against its chance 5.663, ITM accuracy 0.667")
+
+    report = write_report(root, formats=["md"]).read_text()
+    verdict = next(line for line in report.splitlines() if line.startswith("> Verdict:"))
+    assert verdict.startswith("> Verdict: no verdict — not testable: pre-training linked images and texts")
+    assert "= 0.000 (baseline: the fraction of 2 seeds" in verdict
+    assert "1 finished, 3 not trained" in report
+    assert "Partial report" not in report  # a trial that trained nothing has still ended
+    assert report.count("(not_trained): not trained: ITC") == 3
