@@ -106,14 +106,6 @@ def grid_param_space(space: Mapping[str, ChoiceParam | GridParam], seeds: list[i
     return param_space
 
 
-def seed_for_trial(config: Mapping[str, Any], seeds: list[int]) -> int:
-    """The seed of a trial: a grid axis (`train.seed`), or for Optuna the index that
-    ray.tune.search.Repeater(set_index=True) gives each repeat of a configuration."""
-    if "train.seed" in config:
-        return int(config["train.seed"])
-    return seeds[config[TRIAL_INDEX]]
-
-
 # --------------------------------------------------------------------------- Tune compilation
 
 

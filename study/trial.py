@@ -24,7 +24,7 @@ from typing import Any
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from study.search import seed_for_trial, trial_name
+from study.search import trial_name
 from trainers.config import RunConfig
 from trainers.data.images import InputDataError
 from trainers.loop import NonFiniteLossError
@@ -81,7 +81,7 @@ def report_log(train_storage: str, run_name: str, num_existing: int):
 def run_trial(config: dict[str, Any], study: dict[str, Any], train_storage: str) -> None:
     """Tune function trainable; `study` is the resolved study (validated again here, on the worker)."""
     spec = StudySpec.model_validate(study)
-    params = trial_params(config) | {"train.seed": seed_for_trial(config, spec.search.seeds)}
+    params = trial_params(config)  # train.seed included: a grid axis, or SeededRepeater's per repeat
     cfg = spec.trial_run_config(params)
     context = tune.get_context()
     filesystem, trial_dir = trial_directory()
