@@ -143,6 +143,10 @@ def read_trial(study: StudySpec, trial_dir: Path) -> dict[str, Any]:
     return record
 
 
+# trials that ran to their last epoch: the finished ones, and ALBEF ones whose pre-training linked nothing
+ENDED_STATUSES = ("finished", "not_trained")
+
+
 def untrained_reason(final: dict[str, float]) -> str:
     """Why an ALBEF trial is left out of the comparisons: its pre-training linked no image to its text."""
     return (f"not trained: ITC {final.get('albef/itc_loss', float('nan')):.3f} against its chance "

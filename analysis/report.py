@@ -21,7 +21,7 @@ from analysis import plots, provenance
 from analysis.checks import BedCheck, checks_frame, not_testable, probe_check, trained_check
 from analysis.configs import REGULARIZER_KEYS, configuration_order
 from analysis.info_gap import InfoGapAnalysis, analyse_info_gap, is_info_gap_study
-from analysis.loading import history_of, load_optuna_study, missing_trials, read_study, read_trials
+from analysis.loading import ENDED_STATUSES, history_of, load_optuna_study, missing_trials, read_study, read_trials
 from analysis.metrics import (
     SHARED_CLASS_PROBE,
     STRUCTURE_METRICS,
@@ -179,7 +179,7 @@ def _overview(writer: ReportWriter, study: StudySpec, trials: pd.DataFrame, tabl
 def _is_partial(study: StudySpec, trials: pd.DataFrame, interrupted: str | None) -> bool:
     """Interrupted, or fewer finished trials than the study expects (a report built mid-study)."""
     expected = study.num_trials()
-    ended = int(trials["status"].isin(["finished", "not_trained"]).sum()) if not trials.empty else 0
+    ended = int(trials["status"].isin(ENDED_STATUSES).sum()) if not trials.empty else 0
     return interrupted is not None or ended + _failed(trials) < expected
 
 
@@ -194,7 +194,7 @@ def study_checks(study: StudySpec, trials: pd.DataFrame) -> list[BedCheck]:
     finished = trials[(trials["status"] == "finished") & trials["is_baseline"]]
     dataset, eval_size = str(study.base.data.dataset), int(getattr(study.base.data, "eval_size", 0) or 0)
     check = probe_check(finished, SHARED_CLASS_PROBE, "baseline", dataset, eval_size, far=True)
-    pretrained = trained_check(trials[trials["status"].isin(["finished", "not_trained"]) & trials["is_baseline"]],
+    pretrained = trained_check(trials[trials["status"].isin(ENDED_STATUSES) & trials["is_baseline"]],
                                "baseline")
     return [c for c in (check, pretrained) if c is not None]
 
