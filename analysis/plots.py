@@ -174,6 +174,9 @@ def optuna_history(study: optuna.Study) -> plt.Figure:
     with warnings.catch_warnings(), matplotlib.rc_context():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         ax = optuna.visualization.matplotlib.plot_optimization_history(study)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are counted: no "trial 0.5" tick
     ax.set_xlabel("trial")
     ax.set_ylabel("objective (mean over seeds)")
     ax.figure.set_size_inches(6.0, 3.8)

@@ -111,6 +111,12 @@ def test_optuna_plots_and_report(tmp_path):
     assert history.axes[0].get_ylabel() == "objective (mean over seeds)"
     (points, *_) = history.axes[0].collections  # one point per Optuna trial, at its objective
     assert sorted(points.get_offsets()[:, 1]) == pytest.approx(objectives)
+    import optuna
+
+    three = optuna.create_study(direction="maximize")  # few trials: where matplotlib would tick 0.5, 1.5
+    for value in (0.15, 0.11, 0.16):
+        three.add_trial(optuna.trial.create_trial(value=value, params={}, distributions={}))
+    assert all(float(tick).is_integer() for tick in plots.optuna_history(three).axes[0].get_xticks())
     importances = plots.optuna_importances(study)
     assert importances.axes[0].get_xlabel() == "importance for the objective (fANOVA)"
     labels = [tick.get_text() for tick in importances.axes[0].get_yticklabels()]
