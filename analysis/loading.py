@@ -9,7 +9,6 @@ study expected but whose directory does not exist are *missing*; `missing_trials
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from analysis.configs import REGULARIZER_KEYS, label_configurations
 from trainers.albef.names import TRAINED_FLAG
 from trainers.config import flatten
 from trainers.storage import STUDY_FILE, TRIALS_DIR
-from trainers.study_spec import StudySpec, grid_values, load_study, trial_params
+from trainers.study_spec import StudySpec, grid_cells, load_study, trial_params
 
 SEED_KEY = "train.seed"
 # Resolved for every trial, searched or not, because labels, plots, tables (weights are shown with the batch
@@ -225,15 +224,16 @@ def missing_trials(study: StudySpec, trials: pd.DataFrame) -> list[str]:
         return []
     if study.search.method != "grid":
         return [f"{expected - len(trials)} of {expected} expected trials have no directory"]
-    grid = {key: grid_values(param) for key, param in study.search.space.items()}
-    present = {
-        tuple(_canonical(trial.get(key)) for key in [*grid, "seed"]) for trial in trials.to_dict("records")
-    }
+    # compared on the resolved leaf keys that every trial records, so that a grid over configuration
+    # blocks or arms (dict values) is matched like any other axis
+    keys = [*study.search.searched_keys, "seed"]
+    present = {tuple(_canonical(trial.get(key)) for key in keys) for trial in trials.to_dict("records")}
     missing = []
-    for combination in itertools.product(*grid.values(), study.search.seeds):
-        if tuple(_canonical(value) for value in combination) not in present:
-            pairs = zip([*grid, "seed"], combination, strict=True)
-            missing.append(", ".join(f"{key}={value}" for key, value in pairs))
+    for cell in grid_cells(study):
+        for seed in study.search.seeds:
+            values = [*(cell.get(key) for key in keys[:-1]), seed]
+            if tuple(_canonical(value) for value in values) not in present:
+                missing.append(", ".join(f"{key}={value}" for key, value in zip(keys, values, strict=True)))
     return missing
 
 

@@ -68,6 +68,18 @@ def test_partial_study_reports_missing_and_empty_trials(tmp_path):
     assert missing == [f"regularizers.dfs=1.0, regularizers.gc=0.5, seed={seed}" for seed in (7, 8, 9)]
 
 
+def test_missing_trials_of_an_arm_grid_are_named_by_the_keys_the_arm_sets(tmp_path):
+    arms = [{"data.info_gap": 0.0, "regularizers.align": 0.0},
+            {"data.info_gap": 1.0, "regularizers": {"align": 1.0, "gc": 0.5}}]
+    search = {"method": "grid", "metric": "linear_probe/image_only/image", "mode": "max", "num_samples": 1,
+              "seeds": [1, 2], "space": {"arm": {"type": "grid", "values": arms}}, "scheduler": {"type": "none"}}
+    specs = [fx.TrialSpec({"arm": arm, "train.seed": seed}, {"linear_probe/image_only/image": 0.5})
+             for arm in arms for seed in (1, 2)]
+    root = fx.write_results_dir(tmp_path / "arms", search, specs[:-1])
+    missing = missing_trials(read_study(root), analysis.load(root))
+    assert missing == ["data.info_gap=1.0, regularizers.align=1.0, regularizers.gc=0.5, seed=2"]
+
+
 def test_not_a_results_dir_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match="no such directory"):
         analysis.load(tmp_path / "nowhere")

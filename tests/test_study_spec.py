@@ -505,6 +505,33 @@ def test_a_bad_arm_is_named_by_its_index(tmp_path: Path, arm: str, message: str)
         ])
 
 
+ROOT_ARMS = ("[{data.info_gap: 0.0, regularizers.align: 0.0}, {data.info_gap: 1.0, regularizers.align: 1.0},"
+             " {data.info_gap: 1.0, regularizers: {align: 1.0, dfs: 0.5}}]")
+
+
+def test_an_arm_axis_runs_a_list_of_partial_configurations_not_a_product(tmp_path: Path):
+    """`arm` values set keys of several blocks at once, so a grid can skip cells of the product."""
+    spec = load_study(write_study(tmp_path, GOOD_STUDY), [
+        "search.method=grid", "search.num_samples=1", "base.regularizers.bb_s=0.4",
+        f"search.space={{arm: {{type: grid, values: {ROOT_ARMS}}}}}",
+    ])
+    assert spec.num_trials() == 3 * 2
+    variants = [config for _, config in generate_variants(grid_param_space(spec.search.space, spec.search.seeds))]
+    runs = [spec.trial_run_config(trial_params(config)) for config in variants]
+    cells = sorted({(r.data.info_gap, r.regularizers.align, r.regularizers.dfs) for r in runs})
+    assert cells == [(0.0, 0.0, 0.0), (1.0, 1.0, 0.0), (1.0, 1.0, 0.5)]  # 3 of the product's 8
+    assert {r.regularizers.bb_s for r in runs} == {0.4}
+    assert spec.search.searched_keys == ["data.info_gap", "regularizers.align", "regularizers.dfs"]
+
+
+def test_a_bad_key_in_an_arm_is_named(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"search\.space\.arm\.values\[1\]: .*Extra inputs are not permitted"):
+        load_study(write_study(tmp_path, GOOD_STUDY), [
+            "search.method=grid", "search.num_samples=1",
+            "search.space={arm: {type: grid, values: [{data.info_gap: 0.0}, {data.info_gapp: 1.0}]}}",
+        ])
+
+
 def test_an_arm_grid_needs_method_grid(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"search\.space\.regularizers: a grid over configuration blocks needs"):
         load_study(write_study(tmp_path, GOOD_STUDY),

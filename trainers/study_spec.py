@@ -163,7 +163,8 @@ class SearchConfig(_Strict):
         keys: list[str] = []
         for key, param in self.space.items():
             if is_block_param(key, param):
-                keys += [f"{key}.{leaf}" for value in param.values for leaf in flatten(value)]
+                prefix = "" if key == ARM_KEY else f"{key}."
+                keys += [f"{prefix}{leaf}" for value in param.values for leaf in flatten(value)]
             else:
                 keys.append(key)
         return list(dict.fromkeys(keys))
@@ -253,7 +254,7 @@ def resolved_cell(base: RunConfig, cell: dict[str, Any]) -> dict[str, Any]:
     """The flat configuration of a hypothesis cell: the base with the cell's keys set."""
     tree = base.model_dump()
     for key, value in cell.items():
-        set_dotted(tree, key, value, merge=True)
+        set_search_value(tree, key, value)
     return flatten(tree)
 
 
@@ -340,7 +341,7 @@ class StudySpec(_Strict):
         """The base configuration with flat dotted `params` (including train.seed) set."""
         tree = self.base.model_dump()
         for key, value in params.items():
-            set_dotted(tree, key, value, merge=True)
+            set_search_value(tree, key, value)
         try:
             return RunConfig.model_validate(tree, context={CHECK_PATHS: self._check_paths})
         except ValidationError as exc:
@@ -514,9 +515,27 @@ def _space_key_problems(spec: StudySpec) -> list[str]:
     return problems
 
 
+# A grid axis over partial run configurations: `arm: {type: grid, values: [{data.info_gap: 0.0},
+# {data.info_gap: 1.0, regularizers: {align: 1.0, dfs: 0.5}}]}`. Each value (flat dotted keys, nested
+# blocks, or both) is merged into the whole configuration, so a grid can run a list of arms that are
+# not a Cartesian product of its keys.
+ARM_KEY = "arm"
+
+
+def set_search_value(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set one search-space value in a configuration tree: merged into a block, or, for `arm`, each of
+    its keys into the whole tree."""
+    if key == ARM_KEY and isinstance(value, dict):
+        for arm_key, arm_value in value.items():
+            set_dotted(tree, arm_key, arm_value, merge=True)
+    else:
+        set_dotted(tree, key, value, merge=True)
+
+
 def is_block_param(key: str, param: Any) -> bool:
     """A grid over partial configuration blocks ("arms"): `regularizers: {type: grid, values:
-    [{align: 1}, {align: 1, gc: 0.5}]}`; each value is merged into the base's block."""
+    [{align: 1}, {align: 1, gc: 0.5}]}`; each value is merged into the base's block (or, under the key
+    `arm`, into the whole configuration)."""
     values = param.values if param.type in GRID_TYPES else None
     return "." not in key and bool(values) and all(isinstance(v, dict) for v in values)
 
@@ -529,12 +548,13 @@ def _sample_value_problems(spec: StudySpec, key: str, param: Any) -> list[str]:
     problems = []
     for where, value in samples.items():
         tree = spec.base.model_dump()
-        set_dotted(tree, key, value, merge=True)
         try:
+            set_search_value(tree, key, value)
             RunConfig.model_validate(tree, context={CHECK_PATHS: spec._check_paths})
-        except ValidationError as exc:
+        except (ValidationError, ConfigError) as exc:
             path = f"search.space.{key}" + (f".{where}" if where else "")
-            detail = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            message = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+            detail = message.removeprefix("Value error, ")
             problems.append(f"{path}: {value!r} is not a valid value of {key} ({detail})")
             break  # one message per parameter
     return problems

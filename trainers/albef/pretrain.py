@@ -10,6 +10,7 @@ features (docs/regularizers.md, "Where the terms attach").
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,9 @@ INITIAL_TEMPERATURE = 0.07
 PROGRESS_DECAY = 0.9
 # ITM's label prior: each positive pair comes with two hard negatives
 ITM_PRIOR_ACCURACY = 2.0 / 3.0
+# parameter-name prefixes of the towers (`vision` also matches vision_proj and vision_independent_proj)
+IMAGE_TOWER_PREFIX = "model.towers.vision"
+TEXT_TOWER_PREFIX = "model.towers.text"
 
 
 class AlbefPretraining(TrainingModule):
@@ -110,6 +114,15 @@ class AlbefPretraining(TrainingModule):
         temperature = self.temperature.detach()  # metrics stay on the device: the loop reads them per epoch
         metrics = {"temperature": temperature, "logit_scale": 1.0 / temperature, "itm_accuracy": itm_accuracy}
         return losses, metrics
+
+    def tower_of(self, parameter_name: str) -> Literal["image", "text"] | None:
+        """The ViT and the BERT text encoder, each with its ITC (and DFS) projections; the fusion encoder,
+        the ITM and MLM heads and the temperature train at train.lr."""
+        if parameter_name.startswith(IMAGE_TOWER_PREFIX):
+            return "image"
+        if parameter_name.startswith(TEXT_TOWER_PREFIX):
+            return "text"
+        return None
 
     def after_optimizer_step(self) -> None:
         # After the step, not in forward as ALBEF does, so gradient accumulation moves the

@@ -46,12 +46,13 @@ ZEROSHOT_TEMPLATES = ("a photo of a {}.", "a drawing of a {}.", "there is a {} i
 COLOUR_TEMPLATES = ("a photo of a {} object.", "a {} thing.", "there is something {} in the picture.", "it is {}.")
 ZEROSHOT_SETS = ("synthetic_shapes", "synthetic_colours")  # the metrics' names: zeroshot/<set>/top{1,3,5}
 NUM_RETRIEVAL_PARAPHRASES = 2
-# (probe name, attribute, kind, number of classes); "image_only"/"text_only" are the info-gap targets
+# (probe name, attribute, kind, number of classes); "image_only"/"text_only" are the info-gap targets:
+# the image side's colour (drawn always, stated in 20% of captions) and the text side's owner (world.py)
 PROBES = (
     ("class", "class", "shared", len(SHAPES)),
-    ("image_only", "texture", "image_only", len(TEXTURES)),
+    ("image_only", "colour", "image_only", len(COLOURS)),
     ("text_only", "owner", "text_only", len(OWNERS)),
-    ("colour", "colour", "shared", len(COLOURS)),
+    ("texture", "texture", "image_only", len(TEXTURES)),
     ("size", "size", "shared", len(SIZES)),
     ("background", "background", "image_only", len(BACKGROUNDS)),
     ("material", "material", "text_only", len(MATERIALS)),

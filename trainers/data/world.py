@@ -6,12 +6,16 @@ contrastive training needs the shape: captions always name it and state colour, 
 only sometimes, and the objects are large enough, and the pixels clean enough, for a small CNN to
 read an outline in a few hundred steps. Each modality also carries information the other lacks:
 
-- image-only: the main object's texture and the background pattern are drawn but never written;
-- text-only: the main object's owner and material are written but the renderer never reads them.
+- image side: the main object's colour is always drawn but stated in only 20% of captions; its
+  texture and the background pattern are drawn but never written;
+- text side: the main object's owner and material are written but the renderer never reads them.
 
-`info_gap` sets, per sample, the probability that texture and owner are drawn independently at
+`info_gap` sets, per sample, the probability that colour and owner are drawn independently at
 random; otherwise they are a fixed function of the shape, so at 0 both modalities carry the same
-label information and at 1 each carries some that the other lacks.
+label information and at 1 each carries some that the other lacks. Colour, not texture, is the
+image side of the gap because it is what a small tower learns although captions rarely state it
+(texture and background, never written, stay at chance in the image embedding, so alignment could
+not cost them anything).
 
 Every scene depends only on (world_seed, split, index), so splits never share a sample and a
 sample does not change when the split grows. `render_scenes` reads only the visual fields.
@@ -56,7 +60,7 @@ DEFAULT_DISTRACTORS = 0
 # "validation" scores them for selecting hyperparameters; "test" scores them for reporting. The ids
 # seed the samples, so existing splits keep their samples when one is added.
 SPLIT_IDS = {"train": 0, "task_train": 1, "test": 2, "validation": 3}
-WORLD_VERSION = 4  # bump when generation changes, so caches are rebuilt
+WORLD_VERSION = 5  # bump when generation changes, so caches are rebuilt
 
 # Synonyms the captions may use and that EDA replaces; zero-shot class names stay canonical.
 SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -179,10 +183,10 @@ def _scenes_from_draws(d: np.ndarray, seeds: np.ndarray, info_gap: float, image_
     shape[:, :2][empty] = -1
     texture = _pick(d[:, 18:21], len(TEXTURES))
     owner = _pick(d[:, 21], len(OWNERS))
-    # the information-gap knob: with probability 1 - info_gap, texture and owner follow the class
+    # the information-gap knob: with probability 1 - info_gap, colour and owner follow the class
     tied = d[:, 22] >= info_gap
     main_shape = shape[:, -1]
-    texture[tied, -1] = main_shape[tied] % len(TEXTURES)
+    colour[tied, -1] = main_shape[tied] % len(COLOURS)
     owner[tied] = (main_shape[tied] // 2) % len(OWNERS)
     colour_rgb = np.clip(COLOUR_RGB[colour] + 50 * (d[:, 23:32].reshape(n, 3, 3) - 0.5), 0, 255)
     return Scenes(
