@@ -133,11 +133,11 @@ def _overview(writer: ReportWriter, study: StudySpec, trials: pd.DataFrame, tabl
             f"Partial report — {interrupted}" if interrupted else
             f"Partial report: {finished} of {expected} expected trials finished, {_failed(trials)} failed; the "
             f"others have not finished (`python -m study.run STUDY --results DIR --resume` continues the study).")
+    selected = answer.selection.config is not None and not answer.preregistered
     section.callout += [
         *([f"Best configuration: {answer.selection.config} — {answer.values_text()} (selected on "
-           f"{answer.selection.by_metric}, mean over {answer.selection.seeds} seed(s))."]
-          if answer.selection.config is not None else []),
-        *([f"{answer.metric_text()}."] if answer.selection.config is not None else []),
+           f"{answer.selection.by_metric}, mean over {answer.selection.seeds} seed(s))."] if selected else []),
+        *([f"{answer.metric_text()}."] if selected else []),
         f"Verdict: {answer.verdict}",
     ]
     if answer.selection.note:

@@ -99,6 +99,8 @@ class Answer:
     baseline_interval: tuple[float, float] | None
     comparison: Comparison | None
     verdict: str  # one sentence, from the Holm-corrected comparison (or why there is none)
+    # the verdict is a pre-registered test's: no configuration is "best", so no selection is shown
+    preregistered: bool = False
 
     def values_text(self) -> str:
         parts = [f"{key} = {value:.4g}" if isinstance(value, float) else f"{key} = {value}"
@@ -116,6 +118,8 @@ class Answer:
 
     def lines(self) -> list[str]:
         """The answer as the terminal prints it at the end of a run."""
+        if self.preregistered:
+            return [f"verdict: {self.verdict}"]
         if self.selection.config is None:
             return [f"best configuration: none ({self.selection.note})"]
         return [f"best configuration (selected on {self.selection.by_metric}, mean over seeds): "
@@ -168,10 +172,11 @@ def study_answer(trials: pd.DataFrame, metric: str, mode: str, searched_keys: li
         baseline = finished[finished["is_baseline"] & (finished["context"] == chosen["context"].iloc[0])]
         if not baseline.empty:
             baseline_mean, baseline_interval = mean_interval(per_seed(baseline[metric], baseline["seed"]))
+    preregistered = verdict is not None
     if verdict is None:
         verdict = _verdict_sentence(comparison, selection, metric, untestable)
     return Answer(selection, values, batch_size, metric, mean, interval, baseline_mean, baseline_interval,
-                  comparison, verdict)
+                  comparison, verdict, preregistered)
 
 
 def _verdict_sentence(comparison: Comparison | None, selection: Selection, metric: str,

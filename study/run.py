@@ -37,7 +37,7 @@ from trainers.storage import (
     local_path,
     write_atomic,
 )
-from trainers.study_spec import StudySpec, load_study, selection_metric
+from trainers.study_spec import StudySpec, is_block_param, load_study, selection_metric
 from trainers.train import CHECKPOINTS_KEPT, check_data, init_ray
 
 MIN_FREE_BYTES = 200 * 2**20
@@ -187,9 +187,7 @@ def build_tuner(spec: StudySpec, results: str, resume: bool):
 
     concurrency = max_concurrent_trials(spec, ray.cluster_resources())
     tune_config, param_space = build_tune_config(spec, optuna_url(results), concurrency)
-    # Tune's table flattens a nested config with "/": a block parameter's keys are regularizers/gc, ...
-    parameter_columns = [key if key in spec.search.space else key.replace(".", "/", 1)
-                         for key in spec.search.searched_keys]
+    parameter_columns = progress_table_columns(spec)
     # selection runs on the validation metric; the test metric beside it is what the report shows
     selected_on = selection_metric(spec.search.metric)
     reporter = StudyReporter(
@@ -214,6 +212,26 @@ def build_tuner(spec: StudySpec, results: str, resume: bool):
     )
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
+
+
+def progress_table_columns(spec: StudySpec) -> list[str]:
+    """The searched keys as Tune's table names them: it joins a nested config's keys with "/" and keeps a
+    dotted key whole (a block's regularizers/gc, an arm's arm/data.info_gap)."""
+    columns: list[str] = []
+    for key, param in spec.search.space.items():
+        if is_block_param(key, param):
+            columns += [f"{key}/{path}" for value in param.values for path in _tune_paths(value)]
+        else:
+            columns.append(key)
+    return list(dict.fromkeys(columns))
+
+
+def _tune_paths(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    paths: list[str] = []
+    for key, value in tree.items():
+        path = f"{prefix}/{key}" if prefix else key
+        paths += _tune_paths(value, path) if isinstance(value, dict) else [path]
+    return paths
 
 def finished_trials(grid: Any, epochs: int) -> int:
     """Trials that trained every epoch (one report per epoch) without an error."""

@@ -524,6 +524,23 @@ def test_an_arm_axis_runs_a_list_of_partial_configurations_not_a_product(tmp_pat
     assert spec.search.searched_keys == ["data.info_gap", "regularizers.align", "regularizers.dfs"]
 
 
+def test_progress_table_names_arm_and_block_keys_as_tune_flattens_them(tmp_path: Path):
+    from ray.tune.utils import flatten_dict
+
+    from study.run import progress_table_columns
+
+    spec = load_study(write_study(tmp_path, GOOD_STUDY), [
+        "search.method=grid", "search.num_samples=1",
+        f"search.space={{arm: {{type: grid, values: {ROOT_ARMS}}}, regularizers: {{type: grid, values: {ARMS}}}}}",
+    ])
+    columns = progress_table_columns(spec)
+    assert columns[:4] == ["arm/data.info_gap", "arm/regularizers.align", "arm/regularizers/align", "arm/regularizers/dfs"]
+    flattened = set()
+    for _, config in generate_variants(grid_param_space(spec.search.space, spec.search.seeds)):
+        flattened |= set(flatten_dict(config))
+    assert set(columns) <= flattened  # every column is a key of Tune's flattened config
+
+
 def test_a_bad_key_in_an_arm_is_named(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"search\.space\.arm\.values\[1\]: .*Extra inputs are not permitted"):
         load_study(write_study(tmp_path, GOOD_STUDY), [
