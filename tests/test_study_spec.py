@@ -534,7 +534,8 @@ def test_progress_table_names_arm_and_block_keys_as_tune_flattens_them(tmp_path:
         f"search.space={{arm: {{type: grid, values: {ROOT_ARMS}}}, regularizers: {{type: grid, values: {ARMS}}}}}",
     ])
     columns = progress_table_columns(spec)
-    assert columns[:4] == ["arm/data.info_gap", "arm/regularizers.align", "arm/regularizers/align", "arm/regularizers/dfs"]
+    assert columns[:4] == ["arm/data.info_gap", "arm/regularizers.align", "arm/regularizers/align",
+                           "arm/regularizers/dfs"]
     flattened = set()
     for _, config in generate_variants(grid_param_space(spec.search.space, spec.search.seeds)):
         flattened |= set(flatten_dict(config))
