@@ -408,7 +408,7 @@ def build_sections(study: StudySpec, results_dir: Path, trials: pd.DataFrame, wr
     info_gap = analyse_info_gap(trials, study) if is_info_gap_study(search.searched_keys) else None
     preregistered = info_gap if info_gap is not None and info_gap.preregistered else None
     answer = writer.answer = _answer(study, trials, not_testable(checks), preregistered)
-    selected = answer.selection.config
+    selected = None if answer.preregistered else answer.selection.config  # a pre-registered test selects nothing
     rank_metric = validation_name(search.metric) if validation_name(search.metric) in trials else search.metric
     downstream = ablation_table(trials, downstream_metrics(trials.columns, search.metric), "Downstream metrics",
                                 rank_metric, search.mode, selected=selected)

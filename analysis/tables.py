@@ -64,8 +64,8 @@ class AblationTable:
     def legend(self) -> str:
         return (f"Mean ± std (n seeds) on the test split; Δ = mean difference vs. the baseline of the same context; "
                 f"{SIGNIFICANT_MARK} Holm-corrected p < {ALPHA} within this table (family of m = {self.family_size} "
-                f"two-sided exact sign-flip tests over paired seeds); bold = best in column; "
-                f"{SELECTED_MARK} = chosen on the validation metric.")
+                f"two-sided exact sign-flip tests over paired seeds); bold = best in column"
+                + (f"; {SELECTED_MARK} = chosen on the validation metric." if self.selected is not None else "."))
 
     def cell_text(self, row: str, metric: str, latex: bool = False) -> str:
         cell = self.cells.get((row, metric))

@@ -148,7 +148,8 @@ def test_info_gap_section_leads_with_the_preregistered_verdict(tmp_path):
                               "image-side gap probe: colour (image embedding): Δ -0.299, corrected p = 0.00781, n = 8")
     assert "Holm over m = 2)" in section.split("\n")[0]
     assert "> Verdict: Pre-registered test (gap x pressure interaction): interaction shown" in markdown
-    assert "Best configuration" not in markdown  # a pre-registered test selects nothing
+    # a pre-registered test selects nothing
+    assert "Best configuration" not in markdown and "◀ selected" not in markdown
     assert "[pre-registered secondary] GC under pressure vs pressure alone (gap 1), image-side gap probe: colour " \
            "(image embedding): Δ +0.099 (Holm-corrected p = 0.008 (m = 2), n = 8 paired seeds" in section
     assert "| shared-class probe (image embedding) | info_gap=1, align=0 | 0.95 | 0.12 | 0.42 |" in section
