@@ -213,7 +213,6 @@ def build_tuner(spec: StudySpec, results: str, resume: bool):
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
-
 def progress_table_columns(spec: StudySpec) -> list[str]:
     """The searched keys as Tune's table names them: it joins a nested config's keys with "/" and keeps a
     dotted key whole (a block's regularizers/gc, an arm's arm/data.info_gap)."""
@@ -232,6 +231,7 @@ def _tune_paths(tree: dict[str, Any], prefix: str = "") -> list[str]:
         path = f"{prefix}/{key}" if prefix else key
         paths += _tune_paths(value, path) if isinstance(value, dict) else [path]
     return paths
+
 
 def finished_trials(grid: Any, epochs: int) -> int:
     """Trials that trained every epoch (one report per epoch) without an error."""
