@@ -26,7 +26,7 @@ import yaml
 
 from analysis import provenance
 from study.console import StudyInterrupt
-from trainers.config import ConfigError
+from trainers.config import ConfigError, flatten
 from trainers.storage import (
     OPTUNA_FILE,
     STUDY_FILE,
@@ -219,18 +219,10 @@ def progress_table_columns(spec: StudySpec) -> list[str]:
     columns: list[str] = []
     for key, param in spec.search.space.items():
         if is_block_param(key, param):
-            columns += [f"{key}/{path}" for value in param.values for path in _tune_paths(value)]
+            columns += [f"{key}/{path}" for value in param.values for path in flatten(value, separator="/")]
         else:
             columns.append(key)
     return list(dict.fromkeys(columns))
-
-
-def _tune_paths(tree: dict[str, Any], prefix: str = "") -> list[str]:
-    paths: list[str] = []
-    for key, value in tree.items():
-        path = f"{prefix}/{key}" if prefix else key
-        paths += _tune_paths(value, path) if isinstance(value, dict) else [path]
-    return paths
 
 
 def finished_trials(grid: Any, epochs: int) -> int:

@@ -373,13 +373,14 @@ def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     return build_run_config(tree, prefix)
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> {dotted.key: value}; used for trial parameters and result tables."""
+def flatten(tree: dict, prefix: str = "", separator: str = ".") -> dict[str, Any]:
+    """Nested dict -> {dotted.key: value}; used for trial parameters and result tables (Tune's table
+    joins with "/" instead)."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
+        dotted = f"{prefix}{separator}{key}" if prefix else str(key)
         if isinstance(value, dict):
-            flat.update(flatten(value, dotted))
+            flat.update(flatten(value, dotted, separator))
         else:
             flat[dotted] = value
     return flat
