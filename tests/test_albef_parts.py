@@ -126,8 +126,22 @@ def test_mask_tokens_follows_bert_rules(probability):
 def test_hard_negatives_are_drawn_even_from_a_diverged_similarity():
     """Finiteness is read back only every few steps, so a NaN similarity may reach the sampler: it must
     still draw another pair's index (the loop then stops on the non-finite loss and names the step)."""
-    from trainers.albef.pretrain import _sample_hard_negatives
+    from trainers.albef.pretrain import _sample_negatives
 
     for similarity in (torch.full((6, 6), float("nan")), torch.randn(6, 6)):
-        drawn = _sample_hard_negatives(similarity)
+        drawn = _sample_negatives(similarity, hard=True)
         assert drawn.shape == (6,) and (drawn != torch.arange(6)).all()
+
+
+def test_hard_negatives_follow_the_similarity_and_random_ones_do_not():
+    from trainers.albef.pretrain import _sample_negatives
+
+    torch.manual_seed(0)
+    similarity = torch.zeros(4, 4)
+    similarity[:, 3] = 20.0  # pair 3's text is by far the most similar to every other image
+    similarity[3, 2] = 20.0
+    hard = torch.stack([_sample_negatives(similarity, hard=True) for _ in range(200)])
+    uniform = torch.stack([_sample_negatives(similarity, hard=False) for _ in range(200)])
+    assert (hard[:, :3] == 3).float().mean() > 0.99 and (hard[:, 3] == 2).float().mean() > 0.99
+    assert (uniform != torch.arange(4)).all()
+    assert 0.2 < (uniform[:, :3] == 3).float().mean() < 0.5  # one in three

@@ -16,14 +16,16 @@ from trainers.regularizers import brownian_bridge_loss, geometric_consistency_lo
 PRETRAIN_STEPS = 40
 
 
-def tiny_config(**regularizers: float | str | bool) -> RunConfig:
+def tiny_config(image_tower: str = "vit", **regularizers: float | str | bool) -> RunConfig:
     return RunConfig.model_validate(
         {
             "model": dict(
                 family="albef", text_layers=2, fusion_layers=2, hidden_size=64, num_heads=4, patch_size=8,
-                vision_layers=2, embed_dim=32, queue_size=64,
+                vision_layers=2, embed_dim=32, queue_size=64, image_tower=image_tower,
             ),
-            "data": {"image_size": 32, "train_size": 320, "eval_size": 192, "distractors": 2},
+            # the small CNN's map is 1/16 of the image: 4 x 4 cells at 64 px
+            "data": {"image_size": 64 if image_tower == "small_cnn" else 32, "train_size": 320, "eval_size": 192,
+                     "distractors": 2},
             "train": {"batch_size": 16, "lr": 1e-3},
             "regularizers": regularizers,
             "eval": {"tasks": ["zeroshot", "retrieval", "linear_probe", "structure", "vqa", "nlvr", "ve"],
@@ -207,10 +209,12 @@ def test_queue_receives_momentum_features_and_temperature_is_clamped():
     assert float(module.temperature.detach()) == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("regularizers", [{}, {"gc": 1.0, "bb": 1.0, "dfs": 1.0}])
-def test_every_trainable_parameter_gets_a_gradient(regularizers):
+@pytest.mark.parametrize(
+    ("image_tower", "regularizers"), [("vit", {}), ("vit", {"gc": 1.0, "bb": 1.0, "dfs": 1.0}), ("small_cnn", {})]
+)
+def test_every_trainable_parameter_gets_a_gradient(image_tower, regularizers):
     # DDP (Ray Train's prepare_model) fails on parameters outside the graph
-    cfg = tiny_config(**regularizers)
+    cfg = tiny_config(image_tower, **regularizers)
     module = ALBEF_FAMILY.build_module(cfg)
     batch = ALBEF_FAMILY.build_collate(cfg)([ALBEF_FAMILY.build_train_dataset(cfg)[i] for i in range(4)])
     losses, _ = module(batch)
@@ -218,3 +222,33 @@ def test_every_trainable_parameter_gets_a_gradient(regularizers):
     missing = [name for name, p in module.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, missing
     assert all(p.grad is None for p in module.model_m.parameters())
+
+
+def test_small_cnn_tower_gives_the_fusion_its_max_pooled_summary_and_one_token_per_cell():
+    cfg = tiny_config("small_cnn")
+    towers = ALBEF_FAMILY.build_module(cfg).model.towers
+    batch = ALBEF_FAMILY.build_collate(cfg)([ALBEF_FAMILY.build_train_dataset(cfg)[i] for i in range(3)])
+    with torch.no_grad():
+        tokens = towers.encode_image(batch["image"])
+        feature_map = towers.vision.cnn.forward_features(batch["image"])  # (B, C, 4, 4)
+        summary = towers.vision.norm(towers.vision.token_proj(feature_map.amax((2, 3))) + towers.vision.position[:, 0])
+    assert tokens.shape == (3, 1 + 16, 64)
+    torch.testing.assert_close(tokens[:, 0], summary)
+    # the ITC feature is the projected summary token, whatever model.pooling says
+    torch.testing.assert_close(towers.image_features(tokens)["pooled"], tokens[:, 0])
+    assert cfg.model.architecture().startswith("small_cnn-bert2+2")
+
+
+def test_text_features_of_different_captions_start_apart():
+    # BERT's shared token-type and position embeddings make a from-scratch tower's mean-pooled features of any
+    # two captions start at cosine 0.94; contrastive training then collapses them before it finds the words
+    cfg = tiny_config()
+    towers = ALBEF_FAMILY.build_module(cfg).model.towers
+    batch = ALBEF_FAMILY.build_collate(cfg)([ALBEF_FAMILY.build_train_dataset(cfg)[i] for i in range(32)])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        tokens = towers.encode_text(ids, mask)
+    weights = mask[:, :, None].float()
+    pooled = torch.nn.functional.normalize((tokens * weights).sum(1) / weights.sum(1))  # model.pooling "mean"
+    cosine = pooled @ pooled.T
+    assert cosine[~torch.eye(32, dtype=torch.bool)].mean() < 0.6

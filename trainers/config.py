@@ -53,7 +53,10 @@ class ClipModelConfig(_ModelConfigBase):
 
 class AlbefModelConfig(_ModelConfigBase):
     family: Literal["albef"] = "albef"
-    # BERT layers split into text and fusion layers; a ViT image tower; ITC's projection and queue.
+    # BERT layers split into text and fusion layers; a ViT (or small CNN) image tower; ITC's projection and queue.
+    # "small_cnn": the CLIP tiny-cnn's convolutional tower (trainers/small_cnn.py), its last feature map's cells
+    # the fusion encoder's image tokens; a from-scratch ViT on a CPU budget does not learn the world's shapes
+    image_tower: Literal["vit", "small_cnn"] = "vit"
     text_layers: int = Field(2, ge=1)
     fusion_layers: int = Field(2, ge=1)
     hidden_size: int = Field(128, ge=8)
@@ -65,13 +68,18 @@ class AlbefModelConfig(_ModelConfigBase):
     momentum: float = Field(0.995, ge=0.0, le=1.0)
     distill_alpha: float = Field(0.4, ge=0.0, le=1.0)
     mlm_probability: float = Field(0.15, ge=0.0, le=1.0)
+    # ITM's negatives: "hard" draws each from the softmax of the ITC similarities, as ALBEF; "random" uniformly.
+    # Where many captions are true of an image (the embedded world states the shape and material; the owner is
+    # not drawn) the hardest negatives are mostly true pairs, and ITM trained on them learns only its prior
+    itm_negatives: Literal["hard", "random"] = "hard"
     # ITC features: "cls" = the [CLS] output, as ALBEF; "mean" = the mean over text tokens / image
     # patches, for towers trained from scratch on a small budget, whose [CLS] starts out the same for every
     # input (attention is uniform at initialisation) and stays so for hundreds of steps
     pooling: Literal["cls", "mean"] = "cls"
 
     def architecture(self) -> str:
-        return (f"vit{self.vision_layers}/p{self.patch_size}-bert{self.text_layers}+{self.fusion_layers}"
+        image = "small_cnn" if self.image_tower == "small_cnn" else f"vit{self.vision_layers}/p{self.patch_size}"
+        return (f"{image}-bert{self.text_layers}+{self.fusion_layers}"
                 f"-h{self.hidden_size}x{self.num_heads}-e{self.embed_dim}")
 
 

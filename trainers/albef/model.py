@@ -99,6 +99,47 @@ def _init_bert_weights(module: nn.Module, std: float) -> None:
             nn.init.zeros_(module.bias)
 
 
+# the position embeddings' share of BERT's 0.02-std initial embeddings, relative to the word embeddings
+INITIAL_POSITION_SCALE = 0.1
+
+
+@torch.no_grad()
+def start_text_embeddings_apart(bert: BertModel) -> None:
+    """A from-scratch BERT's token outputs start alike: each token's embedding is word + position + token type,
+    all drawn at the same scale, and the token type (one segment here) and the positions are shared by every
+    caption. The mean-pooled features of two captions then start at cosine 0.94, and contrastive training first
+    collapses them before it finds the words. Zeroing the token type and shrinking the positions starts them at
+    0.40 (a batch of the embedded world's captions), as apart as the CLIP text tower's (0.36)."""
+    embeddings = bert.embeddings
+    embeddings.token_type_embeddings.weight.zero_()
+    embeddings.position_embeddings.weight.mul_(INITIAL_POSITION_SCALE)
+
+
+class ConvImageEncoder(nn.Module):
+    """The small CNN (trainers/small_cnn.py) as a token encoder: its last feature map's global max (what the
+    CLIP tiny-cnn tower pools, "is this pattern anywhere") as the first token, then one token per map cell,
+    each projected to the hidden size with a learned position, so the fusion layers cross-attend to places."""
+
+    def __init__(self, model_config: AlbefModelConfig, image_size: int):
+        super().__init__()
+        import timm
+
+        import trainers.small_cnn  # noqa: F401  (registers latent_small_cnn with timm)
+
+        self.cnn = timm.create_model("latent_small_cnn", num_classes=0, global_pool="")
+        with torch.no_grad():
+            cells = self.cnn.forward_features(torch.zeros(1, 3, image_size, image_size)).shape[2:].numel()
+        hidden = model_config.hidden_size
+        self.token_proj = nn.Linear(self.cnn.num_features, hidden)
+        self.position = nn.Parameter(torch.randn(1, cells + 1, hidden) * 0.02)
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        cells = self.cnn.forward_features(image).flatten(2).transpose(1, 2)  # (B, h*w, C)
+        tokens = torch.cat([cells.amax(1, keepdim=True), cells], dim=1)
+        return self.norm(self.token_proj(tokens) + self.position)  # (B, 1 + h*w, H)
+
+
 class UnimodalTowers(nn.Module):
     """Everything ALBEF keeps a momentum copy of: both encoders and their ITC projections.
 
@@ -109,10 +150,16 @@ class UnimodalTowers(nn.Module):
     def __init__(self, model_config: AlbefModelConfig, image_size: int, vocab_size: int, with_independent_heads: bool):
         super().__init__()
         hidden, embed_dim = model_config.hidden_size, model_config.embed_dim
-        self.vision = ViTModel(build_vit_config(model_config, image_size), add_pooling_layer=False)
+        self.conv_image_tower = model_config.image_tower == "small_cnn"
+        self.vision = (
+            ConvImageEncoder(model_config, image_size)
+            if self.conv_image_tower
+            else ViTModel(build_vit_config(model_config, image_size), add_pooling_layer=False)
+        )
         self.text = BertModel(
             build_bert_config(model_config, vocab_size, model_config.text_layers), add_pooling_layer=False
         )
+        start_text_embeddings_apart(self.text)
         self.vision_proj = nn.Linear(hidden, embed_dim)
         self.text_proj = nn.Linear(hidden, embed_dim)
         self.vision_independent_proj = nn.Linear(hidden, embed_dim) if with_independent_heads else None
@@ -124,13 +171,16 @@ class UnimodalTowers(nn.Module):
         return self.vision_independent_proj is not None
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        if self.conv_image_tower:
+            return self.vision(image)  # (B, 1 + h*w, H)
         return self.vision(pixel_values=image).last_hidden_state  # (B, P+1, H)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
 
     def image_features(self, image_embeds: torch.Tensor) -> dict[str, torch.Tensor]:
-        pooled = image_embeds.mean(1) if self.mean_pooling else image_embeds[:, 0]
+        # the CNN's first token, its global max, is an image summary from the start, unlike a ViT's [CLS]
+        pooled = image_embeds.mean(1) if self.mean_pooling and not self.conv_image_tower else image_embeds[:, 0]
         return self._project(pooled, self.vision_proj, self.vision_independent_proj)
 
     def text_features(self, text_embeds: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -53,6 +53,7 @@ class AlbefPretraining(TrainingModule):
         self.momentum = model_config.momentum
         self.distill_alpha = model_config.distill_alpha
         self.mlm_probability = model_config.mlm_probability
+        self.hard_itm_negatives = model_config.itm_negatives == "hard"
         # ALBEF ramps the distillation weight alpha from 0 over the first epoch (Pretrain.py: alpha * min(1, i /
         # len(loader))): the momentum model's similarities are noise until it has trained a while
         self.alpha_ramp_steps = steps_per_epoch(cfg)
@@ -170,13 +171,13 @@ class AlbefPretraining(TrainingModule):
     # ------------------------------------------------------------------ ITM
 
     def _itm_loss(self, image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i):
-        """Positive pairs, plus per image a hard negative text and per text a hard negative image,
-        each drawn with probability softmax(similarity) over the other pairs in the batch."""
+        """Positive pairs, plus per image a negative text and per text a negative image from the other pairs in
+        the batch: hard ones drawn with probability softmax(similarity), or uniformly (model.itm_negatives)."""
         batch_size = image_embeds.shape[0]
         if batch_size > 1:
             with torch.no_grad():
-                negative_image = _sample_hard_negatives(sim_t2i[:, :batch_size])  # for each text
-                negative_text = _sample_hard_negatives(sim_i2t[:, :batch_size])  # for each image
+                negative_image = _sample_negatives(sim_t2i[:, :batch_size], self.hard_itm_negatives)  # per text
+                negative_text = _sample_negatives(sim_i2t[:, :batch_size], self.hard_itm_negatives)  # per image
             image_all = torch.cat([image_embeds, image_embeds[negative_image], image_embeds])
             text_all = torch.cat([text_embeds, text_embeds, text_embeds[negative_text]])
             mask_all = torch.cat([attention_mask, attention_mask, attention_mask[negative_text]])
@@ -241,10 +242,13 @@ def steps_per_epoch(cfg: RunConfig) -> int:
     return max(1, samples // per_step)
 
 
-def _sample_hard_negatives(similarity: torch.Tensor) -> torch.Tensor:
-    """One index per row, drawn from softmax(similarity) with the row's own pair excluded."""
-    # nan_to_num: the loop reads finiteness back only every few steps, so a diverged step may still come here;
-    # multinomial would raise on NaN weights, and the loop's own non-finite-loss stop should name the step
-    weights = torch.nan_to_num(F.softmax(similarity.float(), dim=1), nan=1.0) + 1e-5
+def _sample_negatives(similarity: torch.Tensor, hard: bool) -> torch.Tensor:
+    """One index per row, drawn from softmax(similarity) (hard) or uniformly, with the row's own pair excluded."""
+    if hard:
+        # nan_to_num: the loop reads finiteness back only every few steps, so a diverged step may still come here;
+        # multinomial would raise on NaN weights, and the loop's own non-finite-loss stop should name the step
+        weights = torch.nan_to_num(F.softmax(similarity.float(), dim=1), nan=1.0) + 1e-5
+    else:
+        weights = torch.ones_like(similarity, dtype=torch.float)
     weights.fill_diagonal_(0.0)
     return torch.multinomial(weights, 1).squeeze(1)
