@@ -66,7 +66,8 @@ SHARED_CLASS_PROBE = "linear_probe/class/image"
 _LOWER_IS_BETTER = ("structure/alignment", "structure/uniformity")
 _NO_DIRECTION = ("structure/modality_gap", "structure/pair_cosine", "train/lr", "train/logit_scale",
                  "train/samples_per_s", "epoch", "step", "albef/itc_chance", "albef/itm_prior_accuracy",
-                 "albef/momentum_cosine", ALBEF_TRAINED_FLAG)
+                 "albef/momentum_cosine", ALBEF_TRAINED_FLAG,
+                 *(f"{head}/image_margin_se" for head in ALBEF_HEADS))
 
 _READABLE = {
     "retrieval/mean_recall": "retrieval mean recall",
@@ -81,6 +82,8 @@ _READABLE = {
     "train/loss": "training loss",
     **{f"{head}/text_only_accuracy": f"{head.upper()} accuracy of the text-only control" for head in ALBEF_HEADS},
     **{f"{head}/image_margin": f"{head.upper()} accuracy minus its text-only control" for head in ALBEF_HEADS},
+    **{f"{head}/image_margin_se": f"standard error of the {head.upper()} margin over test examples"
+       for head in ALBEF_HEADS},
     "albef/itc_loss": "ALBEF ITC loss at the end of pre-training",
     "albef/itc_chance": "ITC chance value ln(B + Q)",
     "albef/itm_accuracy": "ALBEF ITM accuracy at the end of pre-training",

@@ -145,3 +145,17 @@ def test_hard_negatives_follow_the_similarity_and_random_ones_do_not():
     assert (hard[:, :3] == 3).float().mean() > 0.99 and (hard[:, 3] == 2).float().mean() > 0.99
     assert (uniform != torch.arange(4)).all()
     assert 0.2 < (uniform[:, :3] == 3).float().mean() < 0.5  # one in three
+
+
+def test_head_margin_and_its_standard_error_are_paired_per_example():
+    from trainers.albef.family import head_metrics
+
+    with_images = torch.tensor([True, True, True, False, True, True, False, True])
+    text_only = torch.tensor([True, False, True, False, False, True, True, False])
+    metrics = head_metrics({"accuracy": with_images, "text_only_accuracy": text_only})
+    assert metrics["accuracy"] == pytest.approx(0.75) and metrics["text_only_accuracy"] == pytest.approx(0.5)
+    assert metrics["image_margin"] == pytest.approx(0.25)
+    difference = torch.tensor([0.0, 1, 0, 0, 1, 0, -1, 1])
+    assert metrics["image_margin_se"] == pytest.approx(float(difference.std()) / 8**0.5)
+    # one control alone (no validation head for it): its accuracy only
+    assert head_metrics({"accuracy": with_images}) == {"accuracy": pytest.approx(0.75)}

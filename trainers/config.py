@@ -68,6 +68,10 @@ class AlbefModelConfig(_ModelConfigBase):
     momentum: float = Field(0.995, ge=0.0, le=1.0)
     distill_alpha: float = Field(0.4, ge=0.0, le=1.0)
     mlm_probability: float = Field(0.15, ge=0.0, le=1.0)
+    # MLM's weight ramps linearly from 0 over this many optimizer steps (ALBEF: 0, it starts from a pre-trained
+    # BERT). From scratch, MLM is solved from the text alone and trains the fusion layers to pass the image over
+    # before ITC has aligned anything, which holds ITM at its prior for hundreds of steps longer.
+    mlm_ramp_steps: int = Field(0, ge=0)
     # ITM's negatives: "hard" draws each from the softmax of the ITC similarities, as ALBEF; "random" uniformly.
     # Where many captions are true of an image (the embedded world states the shape and material; the owner is
     # not drawn) the hardest negatives are mostly true pairs, and ITM trained on them learns only its prior

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
 
-from trainers.albef.heads import FinetuneSettings, FusedExamples, accuracy, finetune
+from trainers.albef.heads import FinetuneSettings, FusedExamples, correct_predictions, finetune
 from trainers.albef.inputs import AlbefInputs
 from trainers.albef.model import AlbefModel
 from trainers.albef.pretrain import AlbefPretraining
@@ -85,13 +86,15 @@ def evaluate(module: AlbefPretraining, cfg: RunConfig, device: torch.device) -> 
     preprocess = (inputs.images, inputs.texts)
     for name, (num_classes, train, test) in fused_task_examples(tasks, wanted).items():
         validation = fused_task_examples(tasks.validation, {name}) if tasks.validation is not None else {}
+        # per split ("" test, "val/" validation) and control: which held-out examples the head got right
+        correct: dict[str, dict[str, torch.Tensor]] = {"": {}, VALIDATION_PREFIX: {}}
         # the text-only control: the same head fine-tuned and tested with every image another example's
         for control, shuffle in (("accuracy", False), ("text_only_accuracy", True)):
             def examples(split: FusedExamples, offset: int, shuffle=shuffle) -> FusedExamples:
                 return split.with_images_shuffled(settings.seed + offset) if shuffle else split
 
             classifier = finetune(pretrained, num_classes, examples(train, 0), settings, preprocess, device)
-            metrics[f"{name}/{control}"] = accuracy(
+            correct[""][control] = correct_predictions(
                 classifier, examples(test, 1), preprocess, device, settings.batch_size
             )
             if name in validation:
@@ -101,14 +104,23 @@ def evaluate(module: AlbefPretraining, cfg: RunConfig, device: torch.device) -> 
                     classifier = finetune(
                         pretrained, num_classes, examples(validation_train, 0), settings, preprocess, device
                     )
-                metrics[f"{VALIDATION_PREFIX}{name}/{control}"] = accuracy(
+                correct[VALIDATION_PREFIX][control] = correct_predictions(
                     classifier, examples(held_out, 2), preprocess, device, settings.batch_size
                 )
-        for prefix in ("", VALIDATION_PREFIX):
-            if f"{prefix}{name}/text_only_accuracy" in metrics:
-                metrics[f"{prefix}{name}/image_margin"] = (
-                    metrics[f"{prefix}{name}/accuracy"] - metrics[f"{prefix}{name}/text_only_accuracy"]
-                )
+        for prefix, by_control in correct.items():
+            metrics |= {f"{prefix}{name}/{key}": value for key, value in head_metrics(by_control).items()}
+    return metrics
+
+
+def head_metrics(correct: dict[str, torch.Tensor]) -> dict[str, float]:
+    """accuracy and text_only_accuracy from per-example correctness, and with both the image margin and its
+    standard error: the control sees the same texts in the same order, so the two are paired per example."""
+    metrics = {control: float(hits.float().mean()) for control, hits in correct.items()}
+    if {"accuracy", "text_only_accuracy"} <= correct.keys():
+        difference = correct["accuracy"].float() - correct["text_only_accuracy"].float()
+        metrics["image_margin"] = float(difference.mean())
+        metrics["image_margin_se"] = float(difference.std() / math.sqrt(len(difference))) if len(difference) > 1 \
+            else math.nan
     return metrics
 
 

@@ -189,6 +189,22 @@ def finetune(
 
 
 @torch.no_grad()
+def correct_predictions(
+    classifier: FusedClassifier,
+    examples: FusedExamples,
+    preprocess: tuple[ImagePreprocess, TextPreprocess],
+    device: torch.device,
+    batch_size: int,
+) -> torch.Tensor:
+    """bool [N]: whether the classifier's answer to each example is its label."""
+    classifier.eval()
+    hits = []
+    for index in torch.arange(len(examples)).split(batch_size):
+        batch = examples.batch(index)
+        hits.append(_logits(classifier, batch, preprocess, device).argmax(dim=1).cpu() == batch.labels)
+    return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+
+
 def accuracy(
     classifier: FusedClassifier,
     examples: FusedExamples,
@@ -196,13 +212,8 @@ def accuracy(
     device: torch.device,
     batch_size: int,
 ) -> float:
-    classifier.eval()
-    correct = 0
-    for index in torch.arange(len(examples)).split(batch_size):
-        batch = examples.batch(index)
-        predictions = _logits(classifier, batch, preprocess, device).argmax(dim=1).cpu()
-        correct += int((predictions == batch.labels).sum())
-    return correct / max(1, len(examples))
+    hits = correct_predictions(classifier, examples, preprocess, device, batch_size)
+    return float(hits.float().mean()) if len(hits) else 0.0
 
 
 def _logits(classifier, batch: FusedExamples, preprocess, device) -> torch.Tensor:

@@ -11,11 +11,12 @@ from __future__ import annotations
 from trainers.evaluate.names import MetricNames
 
 # The fused heads, each beside its text-only control (the same head fine-tuned and tested with every image
-# another example's) and the margin between the two, which is what the image adds.
+# another example's), the margin between the two, which is what the image adds, and the margin's standard error
+# over the held-out examples (paired: both heads answer the same texts).
 FUSED_HEADS = ("vqa", "nlvr", "ve")
+HEAD_METRIC_NAMES = ("accuracy", "text_only_accuracy", "image_margin", "image_margin_se")
 FUSED_HEAD_METRICS: dict[str, MetricNames] = {
-    head: MetricNames(exact=tuple(f"{head}/{name}" for name in ("accuracy", "text_only_accuracy", "image_margin")))
-    for head in FUSED_HEADS
+    head: MetricNames(exact=tuple(f"{head}/{name}" for name in HEAD_METRIC_NAMES)) for head in FUSED_HEADS
 }
 
 # Pre-training's end state, reported by every evaluation (no task asks for it): running ITC beside its chance

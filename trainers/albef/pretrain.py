@@ -57,6 +57,7 @@ class AlbefPretraining(TrainingModule):
         # ALBEF ramps the distillation weight alpha from 0 over the first epoch (Pretrain.py: alpha * min(1, i /
         # len(loader))): the momentum model's similarities are noise until it has trained a while
         self.alpha_ramp_steps = steps_per_epoch(cfg)
+        self.mlm_ramp_steps = model_config.mlm_ramp_steps
         # ITC's value for features that tell nothing apart: uniform over the batch and the queue
         self.itc_chance = math.log(cfg.train.batch_size + model_config.queue_size)
         self.register_buffer("optimizer_steps", torch.zeros((), dtype=torch.long))
@@ -71,8 +72,15 @@ class AlbefPretraining(TrainingModule):
     @property
     def alpha(self) -> torch.Tensor:
         """This step's distillation weight: distill_alpha * min(1, step / steps per epoch)."""
-        ramp = (self.optimizer_steps.float() / max(1, self.alpha_ramp_steps)).clamp(max=1.0)
-        return self.distill_alpha * ramp
+        return self.distill_alpha * self._ramp(self.alpha_ramp_steps)
+
+    @property
+    def mlm_weight(self) -> torch.Tensor:
+        """This step's MLM weight: min(1, step / model.mlm_ramp_steps), 1 without a ramp."""
+        return self._ramp(self.mlm_ramp_steps)
+
+    def _ramp(self, steps: int) -> torch.Tensor:
+        return (self.optimizer_steps.float() / max(1, steps)).clamp(max=1.0) if steps else torch.ones(())
 
     def training_progress(self) -> dict[str, float]:
         """Running means of the last steps: ITC (with its chance value), ITM accuracy (with its 2/3 prior), and
@@ -106,7 +114,7 @@ class AlbefPretraining(TrainingModule):
         losses = {
             "itc_loss": itc_loss,
             "itm_loss": itm_loss,
-            "mlm_loss": self._mlm_loss(input_ids, attention_mask, image_embeds, image_embeds_m),
+            "mlm_loss": self.mlm_weight * self._mlm_loss(input_ids, attention_mask, image_embeds, image_embeds_m),
         }
         losses.update(self._regularizer_losses(image_features, text_features, image_features_m, text_features_m))
         if self.training:
