@@ -289,9 +289,12 @@ def _figures_section(writer: ReportWriter, study: StudySpec, trials: pd.DataFram
     else:
         order = configuration_order(finished)
         for metric in dict.fromkeys([study.search.metric, "train/loss"]):
-            if (history["metric"] == metric).any():
+            reported = history.loc[history["metric"] == metric, "training_iteration"].nunique()
+            if reported >= 2:
                 writer.figure(section, f"Learning curves: {metric}", plots.learning_curves(history, metric, order),
                               f"curves_{metric.replace('/', '_')}")
+            elif reported == 1:  # e.g. evaluated after the last epoch only (eval.every_epoch: false)
+                section.paragraphs.append(f"No learning curve of {metric}: it was reported at one epoch only.")
     _pca_figure(writer, section, study, finished)
     return section
 

@@ -268,3 +268,23 @@ def test_albef_trials_whose_pretraining_linked_nothing_are_not_compared(tmp_path
     assert "1 finished, 3 not trained" in report
     assert "Partial report" not in report  # a trial that trained nothing has still ended
     assert report.count("(not_trained): not trained: ITC") == 3
+
+
+def test_a_metric_reported_at_one_epoch_gets_no_learning_curve(tmp_path):
+    """eval.every_epoch false: the search metric arrives with the last epoch only; a one-point "curve" is
+    replaced by a sentence, while train/loss (every epoch) keeps its curve."""
+    specs = [fx.TrialSpec({"regularizers.gc": gc, "train.seed": 0}, {"retrieval/mean_recall": 0.1 + gc})
+             for gc in (0.0, 0.5)]
+    search = {"method": "grid", "metric": "retrieval/mean_recall", "mode": "max", "seeds": [0],
+              "space": {"regularizers.gc": {"type": "grid", "values": [0.0, 0.5]}}}
+    root = fx.write_results_dir(tmp_path / "last_epoch_only", search, specs)
+    for result in root.glob("trials/*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines()]
+        for row in rows[:-1]:
+            del row["retrieval/mean_recall"]
+        result.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    report = write_report(root, formats=["md"]).read_text()
+    assert "No learning curve of retrieval/mean_recall: it was reported at one epoch only." in report
+    figures = {path.name for path in (root / "report" / "figures").iterdir()}
+    assert "curves_train_loss.png" in figures and "curves_retrieval_mean_recall.png" not in figures
