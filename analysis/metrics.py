@@ -11,9 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from trainers.albef.names import FUSED_HEAD_METRICS, FUSED_HEADS, PRETRAINING_METRICS, TRAINED_FLAG
-from trainers.evaluate.names import TWO_TOWER_METRICS
-
-VALIDATION_PREFIX = "val/"
+from trainers.evaluate.names import TWO_TOWER_METRICS, VALIDATION_PREFIX
 
 # ALBEF's fused heads: each accuracy beside its text-only control and the margin between the two, which is
 # what the image adds (as trainers/albef/names.py declares them).

@@ -10,12 +10,11 @@ import torch
 
 from trainers.albef.names import FUSED_HEAD_METRICS, PRETRAINING_METRICS
 from trainers.config import EVAL_TASKS, RunConfig
-from trainers.evaluate.names import TWO_TOWER_METRICS, MetricNames
+from trainers.evaluate.names import TWO_TOWER_METRICS, VALIDATION_PREFIX, MetricNames
 from trainers.family import get_family
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-VALIDATION_PREFIX = "val/"
 # every term on: each family's forward then returns every loss name it declares
 EVERY_REGULARIZER = {"gc": 0.5, "bb": 0.5, "dfs": 0.5, "align": 1.0}
 TINY_DATA = {"image_size": 16, "train_size": 32, "eval_size": 32, "distractors": 2}

@@ -25,11 +25,13 @@ class ConfigError(ValueError):
 CHECK_PATHS = "check_paths"
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Every configuration block: unknown keys are errors, and so are invalid values set after loading."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class _ModelConfigBase(_Strict):
+class _ModelConfigBase(StrictModel):
     """What every model family's configuration has: the family that reads it, and the architecture a
     checkpoint's weights must match."""
 
@@ -107,7 +109,7 @@ ModelConfig = Annotated[
 ]
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     dataset: Literal["synthetic", "csv", "webdataset", "coco_json"] = "synthetic"
     # synthetic world
     train_size: int = Field(4096, ge=1)
@@ -176,7 +178,7 @@ class DataConfig(_Strict):
         return self
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(128, ge=1)  # per worker
     lr: float = Field(5.0e-4, gt=0.0)
@@ -201,7 +203,7 @@ class TrainConfig(_Strict):
     max_failures: int = Field(2, ge=0)
 
 
-class RegularizerConfig(_Strict):
+class RegularizerConfig(StrictModel):
     """Weights of the paper's three regularizers (0 = off) and their options."""
 
     gc: float = Field(0.0, ge=0.0)
@@ -234,7 +236,7 @@ EvalTask = Literal["zeroshot", "retrieval", "linear_probe", "kshot", "structure"
 EVAL_TASKS: tuple[str, ...] = get_args(EvalTask)
 
 
-class EvalConfig(_Strict):
+class EvalConfig(StrictModel):
     tasks: list[EvalTask] = Field(default_factory=lambda: ["zeroshot", "retrieval", "linear_probe", "structure"])
     every_epoch: bool = True  # evaluate after every epoch (else only after the last)
     kshot: list[int] = Field(default_factory=lambda: [1, 5, 10])
@@ -245,7 +247,7 @@ class EvalConfig(_Strict):
     finetune_lr: float | None = Field(None, gt=0.0)  # default: train.lr
 
 
-class ResourcesConfig(_Strict):
+class ResourcesConfig(StrictModel):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0.0)
@@ -258,7 +260,7 @@ class ResourcesConfig(_Strict):
         return self.in_trial_process and self.num_workers == 1
 
 
-class RunConfig(_Strict):
+class RunConfig(StrictModel):
     name: str = "run"
     model: ModelConfig = Field(default_factory=ClipModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)

@@ -21,20 +21,20 @@ from trainers.config import (
     CHECK_PATHS,
     ConfigError,
     RunConfig,
-    _Strict,
+    StrictModel,
     flatten,
     format_validation_error,
     parse_override,
     read_yaml,
     set_dotted,
 )
-from trainers.evaluate.names import TWO_TOWER_METRICS, MetricNames
+from trainers.evaluate.names import TWO_TOWER_METRICS, VALIDATION_PREFIX, MetricNames
 from trainers.storage import is_uri
 
 # --------------------------------------------------------------------------- parameters
 
 
-class _Param(_Strict):
+class _Param(StrictModel):
     # optional: a conditional on/off switch in front of the parameter; off sets the key to `off`.
     optional: bool = False
     # not `off`: YAML 1.1 reads a bare `off` key as the boolean false
@@ -124,7 +124,7 @@ GRID_TYPES = ("grid", "choice")  # a choice in a grid study is one more grid axi
 # --------------------------------------------------------------------------- search
 
 
-class SchedulerConfig(_Strict):
+class SchedulerConfig(StrictModel):
     type: Literal["none", "asha"] = "none"
     grace_period: int = Field(1, ge=1)  # epochs every trial runs before ASHA may stop it
     reduction_factor: float = Field(2.0, gt=1.0)
@@ -137,7 +137,7 @@ class SchedulerConfig(_Strict):
         return self
 
 
-class SearchConfig(_Strict):
+class SearchConfig(StrictModel):
     method: Literal["optuna", "grid"] = "optuna"
     metric: str
     mode: Literal["max", "min"] = "max"
@@ -193,9 +193,6 @@ def metric_task(metric: str) -> str | None:
     raise ValueError(f"unknown metric {metric!r}")
 
 
-VALIDATION_PREFIX = "val/"  # evaluation reports each metric on validation data under this prefix
-
-
 def selection_metric(metric: str) -> str:
     """What Tune, Optuna and ASHA optimise for a study's `search.metric`: its validation counterpart.
     Hyperparameters are selected on validation data; the plain (test) metric is what reports show."""
@@ -210,7 +207,7 @@ def _allowed_metrics(tasks: Iterable[str]) -> str:
 # --------------------------------------------------------------------------- the pre-registered hypothesis
 
 
-class ContrastSpec(_Strict):
+class ContrastSpec(StrictModel):
     """treated - reference, paired over seeds. A cell is flat dotted keys of the run configuration;
     every key it does not name keeps the base's value, so `{data.info_gap: 1.0, regularizers.align: 1.0}`
     is the arm with pressure alone (gc, dfs, bb at the base's 0), not every arm with pressure."""
@@ -219,7 +216,7 @@ class ContrastSpec(_Strict):
     reference: dict[str, Any] = Field(min_length=1)
 
 
-class ComparisonSpec(_Strict):
+class ComparisonSpec(StrictModel):
     """One comparison on each of `metrics`: `effect`, or the interaction `effect - minus` (a difference
     of two paired differences, per seed)."""
 
@@ -237,7 +234,7 @@ class ComparisonSpec(_Strict):
         return metrics
 
 
-class HypothesisSpec(_Strict):
+class HypothesisSpec(StrictModel):
     """Written in the study file before it runs; tested at the report's alpha (0.05). The report tests
     `primary` (one Holm family over its metrics) and leads with its verdict; `secondary` comparisons
     form a second Holm family, labelled as such. `power_effect`: the effect size (d_z) for which a
@@ -314,7 +311,7 @@ def _hypothesis_problems(spec: StudySpec) -> list[str]:
 # --------------------------------------------------------------------------- the study
 
 
-class StudySpec(_Strict):
+class StudySpec(StrictModel):
     name: str = Field(min_length=1)
     base: RunConfig = Field(default_factory=RunConfig)
     search: SearchConfig

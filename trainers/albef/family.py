@@ -61,7 +61,8 @@ def evaluate(module: AlbefPretraining, cfg: RunConfig, device: torch.device) -> 
     """Two-tower metrics of the unimodal encoders, ALBEF retrieval, and the fine-tuned fused heads;
     on validation data too (as val/<name>) when the task sets carry it."""
     from trainers.data import build_task_sets
-    from trainers.evaluate.suite import VALIDATION_PREFIX, evaluate_two_tower
+    from trainers.evaluate.names import VALIDATION_PREFIX
+    from trainers.evaluate.suite import evaluate_two_tower
 
     inputs = AlbefInputs(cfg.data)
     tasks = build_task_sets(cfg.data)

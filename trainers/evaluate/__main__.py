@@ -144,7 +144,7 @@ def print_table(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from trainers.evaluate.suite import VALIDATION_PREFIX
+    from trainers.evaluate.names import VALIDATION_PREFIX
 
     metrics = result["metrics"]
     names = sorted({name.removeprefix(VALIDATION_PREFIX) for name in metrics})

@@ -28,6 +28,9 @@ class MetricNames:
         return [*self.exact, *(description for _, description in self.patterns)]
 
 
+VALIDATION_PREFIX = "val/"  # the prefix of every metric measured on validation data
+
+
 PROBE_FEATURES = (
     "image", "text", "image_independent", "text_independent",
     "image_concat", "text_concat", "image_pooled", "text_pooled",

@@ -38,6 +38,7 @@ from trainers.evaluate.metrics import (
     zeroshot_classifier,
     zeroshot_topk,
 )
+from trainers.evaluate.names import VALIDATION_PREFIX
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
@@ -54,7 +55,6 @@ KSHOT_DRAWS = 5
 
 # Features of one data split by probe feature name ("image", "text_independent", ...).
 SplitFeatures = dict[str, Tensor]
-VALIDATION_PREFIX = "val/"
 
 
 def evaluate_two_tower(
