@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trainers.albef.family import ALBEF_FAMILY
-from trainers.albef.heads import FinetuneSettings, accuracy, finetune, finetune_and_test
+from trainers.albef.heads import FinetuneSettings, accuracy, finetune
 from trainers.albef.inputs import AlbefInputs
 from trainers.config import RunConfig
 from trainers.family import total_loss
@@ -94,12 +94,12 @@ def test_fine_tuned_head_beats_chance_on_held_out_examples(pretrained, task):
     cfg, module, _ = pretrained
     num_classes, train, test = _task_examples(cfg, task)
     inputs = AlbefInputs(cfg.data)
+    preprocess = (inputs.images, inputs.texts)
     settings = FinetuneSettings(epochs=6, batch_size=16, lr=1e-3)
-    accuracy = finetune_and_test(
-        module.model, num_classes, train, test, settings, (inputs.images, inputs.texts), torch.device("cpu")
-    )
+    classifier = finetune(module.model, num_classes, train, settings, preprocess, torch.device("cpu"))
+    test_accuracy = accuracy(classifier, test, preprocess, torch.device("cpu"), settings.batch_size)
     majority = _majority_rate(test.labels, num_classes)
-    assert accuracy > majority + 0.05, (accuracy, majority)
+    assert test_accuracy > majority + 0.05, (test_accuracy, majority)
 
 
 @pytest.mark.slow

@@ -138,21 +138,6 @@ class FinetuneSettings:
     warmup_fraction: float = FINETUNE_WARMUP_FRACTION
 
 
-def finetune_and_test(
-    pretrained: AlbefModel,
-    num_classes: int,
-    train: FusedExamples,
-    test: FusedExamples,
-    settings: FinetuneSettings,
-    preprocess: tuple[ImagePreprocess, TextPreprocess],
-    device: torch.device,
-) -> float:
-    """Fine-tune a copy of `pretrained` with a new head on `train`; accuracy on `test`.
-    For the text-only control pass both with `with_images_shuffled`."""
-    classifier = finetune(pretrained, num_classes, train, settings, preprocess, device)
-    return accuracy(classifier, test, preprocess, device, settings.batch_size)
-
-
 def finetune(
     pretrained: AlbefModel,
     num_classes: int,
