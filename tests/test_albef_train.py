@@ -254,8 +254,8 @@ def test_text_features_of_different_captions_start_apart():
     assert cosine[~torch.eye(32, dtype=torch.bool)].mean() < 0.6
 
 
-# Epochs of 2,048 pairs at the shipped batch size 16 in the test below: 1,024
-# steps, two thirds of a study trial's 1,536, past the ~600 at which ITC starts to align and ITM to follow
+# Epochs of 2,048 pairs at the shipped batch size 16 in the test below: 1,024 steps, two thirds of a study
+# trial's 1,536, past the ~600 at which ITC starts to align and ITM to follow
 LEARNING_EPOCHS = 8
 
 
