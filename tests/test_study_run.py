@@ -75,6 +75,7 @@ BAD_STUDIES = {
     "unknown_metric": ("name: x\nsearch: {metric: zeroshot/top7, space: {}}\n", r"search\.metric"),
     "missing_data": ("name: x\nbase: {data: {dataset: csv, path: /nonexistent/train.tsv}}\n"
                      "search: {metric: retrieval/mean_recall, space: {}}\n", r"base\.data.*/nonexistent/train\.tsv"),
+    "missing_parent": ("name: x\nextends: gcc.yaml\n", r"space\.yaml: extends: no such file .*gcc\.yaml"),
 }
 
 

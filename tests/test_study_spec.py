@@ -16,7 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.variant_generator import generate_variants
 
 from study.search import grid_param_space, optuna_define_by_run, switch_name
-from trainers.config import ConfigError, RunConfig
+from trainers.config import ConfigError, RunConfig, load_run_config
 from trainers.study_spec import StudySpec, build_study, load_study, trial_params
 
 SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -128,6 +128,52 @@ def test_resolved_study_round_trips_through_yaml(tmp_path: Path):
     resolved = write_study(tmp_path, yaml.safe_dump(spec.to_yaml_dict()))
     assert load_study(resolved) == spec
     assert spec.to_yaml_dict()["base"]["train"]["lr"] == 5e-4  # defaults are filled in
+
+
+def test_a_study_extends_another_with_its_own_keys_over_it(tmp_path: Path):
+    parent = load_study(write_study(tmp_path, GOOD_STUDY))
+    child_path = tmp_path / "bb.yaml"
+    child_path.write_text(textwrap.dedent("""
+        name: bb
+        extends: study.yaml
+        base:
+          train: {lr: 1.0e-3}
+        search:
+          num_samples: 1
+          space:
+            regularizers.bb: {type: uniform, low: 0.0, high: 2.0}
+    """))
+    child = load_study(child_path, ["base.train.epochs=3"])
+    assert child.name == "bb"
+    # mappings merge key by key: the parent's data and epochs stay beside the child's lr
+    assert child.base.data == parent.base.data and child.base.train.lr == 1e-3
+    assert child.base.train.epochs == 3  # --set applies over the merged file
+    assert (child.search.metric, child.search.seeds) == (parent.search.metric, parent.search.seeds)
+    # the searched parameters are the child's alone: gc is not searched as well
+    assert list(child.search.space) == ["regularizers.bb"]
+    # trainers.train reads the same merged base
+    assert load_run_config(child_path).train.lr == 1e-3
+    assert load_run_config(child_path).data == parent.base.data
+
+
+def test_an_extends_chain_is_followed_and_a_cycle_is_an_error(tmp_path: Path):
+    write_study(tmp_path, GOOD_STUDY)
+    (tmp_path / "middle.yaml").write_text("name: middle\nextends: study.yaml\nbase: {train: {epochs: 7}}\n")
+    (tmp_path / "leaf.yaml").write_text("name: leaf\nextends: middle.yaml\n")
+    leaf = load_study(tmp_path / "leaf.yaml")
+    assert (leaf.name, leaf.base.train.epochs, leaf.base.data.train_size) == ("leaf", 7, 256)
+
+    (tmp_path / "a.yaml").write_text("name: a\nextends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("name: b\nextends: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"b\.yaml: extends: a\.yaml comes back to this file \(a cycle\)"):
+        load_study(tmp_path / "a.yaml")
+
+
+def test_a_study_that_extends_another_needs_its_own_name(tmp_path: Path):
+    write_study(tmp_path, GOOD_STUDY)
+    (tmp_path / "child.yaml").write_text("extends: study.yaml\n")
+    with pytest.raises(ConfigError, match=r"^name: Field required"):
+        load_study(tmp_path / "child.yaml")
 
 
 # --------------------------------------------------------------------------- bad files

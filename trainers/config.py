@@ -367,6 +367,47 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+EXTENDS_KEY = "extends"
+# What a study searches and the comparisons it pre-registers on that are its own: a file that gives them
+# replaces its parent's whole instead of merging into them. The name is its own too (its results directory).
+REPLACED_WHOLE = (("search", "space"), ("hypothesis",))
+
+
+def read_config_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """read_yaml, with `extends: other.yaml` (relative to this file) resolved: this file is that one with
+    its own keys over it, mapping by mapping, except `name` and REPLACED_WHOLE. A chain is followed; a
+    missing parent or a cycle is a ConfigError naming the file that asks for it."""
+    path = Path(path)
+    tree = read_yaml(path)
+    parent_name = tree.pop(EXTENDS_KEY, None)
+    if parent_name is None:
+        return tree
+    if not isinstance(parent_name, str):
+        raise ConfigError(f"{path}: {EXTENDS_KEY}: expected a file name, got {parent_name!r}")
+    parent_path = (path.parent / parent_name).resolve()
+    chain = (*_chain, path.resolve())
+    if parent_path in chain:
+        raise ConfigError(f"{path}: {EXTENDS_KEY}: {parent_name} comes back to this file (a cycle)")
+    if not parent_path.is_file():
+        raise ConfigError(f"{path}: {EXTENDS_KEY}: no such file {path.parent / parent_name}")
+    parent = read_config_yaml(parent_path, chain)
+    parent.pop("name", None)
+    merged = _merged(parent, tree)
+    for keys in REPLACED_WHOLE:
+        own = _get_nested(tree, keys)
+        if own is not None:
+            set_dotted(merged, ".".join(keys), own)
+    return merged
+
+
+def _get_nested(tree: dict, keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        if not isinstance(tree, dict):
+            return None
+        tree = tree.get(key)
+    return tree
+
+
 def build_run_config(tree: dict, prefix: str = "") -> RunConfig:
     try:
         return RunConfig.model_validate(tree)
@@ -376,7 +417,7 @@ def build_run_config(tree: dict, prefix: str = "") -> RunConfig:
 
 def load_run_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Read a run YAML (or a study YAML, whose `base:` is used), apply `--set`s, validate."""
-    tree = read_yaml(path)
+    tree = read_config_yaml(path)
     prefix = ""
     if "base" in tree and "search" in tree:
         study_name = tree.get("name", "run")

@@ -25,7 +25,7 @@ from trainers.config import (
     flatten,
     format_validation_error,
     parse_override,
-    read_yaml,
+    read_config_yaml,
     set_dotted,
 )
 from trainers.evaluate.names import TWO_TOWER_METRICS, VALIDATION_PREFIX, MetricNames
@@ -629,7 +629,7 @@ def set_study_key(tree: dict[str, Any], key: str, value: Any) -> None:
 
 def load_study(path: str | Path, overrides: Iterable[str] = (), check_paths: bool = True) -> StudySpec:
     """Read a study YAML, apply `--set dotted.key=value` overrides, validate; ConfigError on any problem."""
-    tree = read_yaml(path)
+    tree = read_config_yaml(path)
     for item in overrides:
         set_study_key(tree, *parse_override(item))
     return build_study(tree, check_paths)
