@@ -142,22 +142,24 @@ def combination_bars(trials: pd.DataFrame, metric: str) -> plt.Figure:
     return figure
 
 
-def learning_curves(history: pd.DataFrame, metric: str, order: list[str] | None = None) -> plt.Figure:
-    """`metric` per epoch (1-based: a trial reports once per epoch) for each configuration, mean and 95% CI
-    over seeds; the legend in `order` (configuration_order: baseline first, then by weight)."""
+def learning_curves(history: pd.DataFrame, metrics: list[str], order: list[str] | None = None) -> plt.Figure:
+    """One panel per metric: its value per epoch (1-based: a trial reports once per epoch) for each
+    configuration, mean and 95% CI over seeds; the legend in `order` (configuration_order: baseline first,
+    then by weight)."""
     from matplotlib.ticker import MaxNLocator
 
-    data = history[history["metric"] == metric]
+    data = history[history["metric"].isin(metrics)]
     present_configs = set(data["config"])
     hue_order = [c for c in (order or configuration_order_of(data)) if c in present_configs]
-    figure, ax = plt.subplots(figsize=(6.0, 3.8))
-    sns.lineplot(data=data, x="training_iteration", y="value", hue="config", hue_order=hue_order,
-                 errorbar=("ci", 95), marker="o", ax=ax)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
-    ax.set_title(f"Learning curves: {metric}")
-    ax.legend(title="configuration", fontsize="small")
+    figure, axes = _panels(len(metrics), width=6.0 if len(metrics) == 1 else 4.2, height=3.8)
+    for ax, metric in zip(axes, metrics, strict=True):
+        sns.lineplot(data=data[data["metric"] == metric], x="training_iteration", y="value", hue="config",
+                     hue_order=hue_order, errorbar=("ci", 95), marker="o", ax=ax, legend=ax is axes[0])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.set_title(metric)
+    axes[0].legend(title="configuration", fontsize="small")
     figure.tight_layout()
     return figure
 

@@ -288,13 +288,18 @@ def _figures_section(writer: ReportWriter, study: StudySpec, trials: pd.DataFram
         section.paragraphs.append(f"No learning curves: the trials reported {epochs} epoch(s); a curve needs two.")
     else:
         order = configuration_order(finished)
-        for metric in dict.fromkeys([study.search.metric, "train/loss"]):
-            reported = history.loc[history["metric"] == metric, "training_iteration"].nunique()
+        # the total, then each term it sums (the family sums the `_loss` keys): a term that ramps in, e.g.
+        # ALBEF's MLM, can make the total rise while every other term falls
+        loss_terms = sorted(m for m in history["metric"].unique() if m.startswith("train/") and m.endswith("_loss"))
+        curves = {f"Learning curves: {study.search.metric}": [study.search.metric],
+                  "Learning curves: the training loss and its terms": ["train/loss", *loss_terms]}
+        for title, metrics in curves.items():
+            reported = history.loc[history["metric"] == metrics[0], "training_iteration"].nunique()
             if reported >= 2:
-                writer.figure(section, f"Learning curves: {metric}", plots.learning_curves(history, metric, order),
-                              f"curves_{metric.replace('/', '_')}")
+                writer.figure(section, title, plots.learning_curves(history, metrics, order),
+                              f"curves_{metrics[0].replace('/', '_')}")
             elif reported == 1:  # e.g. evaluated after the last epoch only (eval.every_epoch: false)
-                section.paragraphs.append(f"No learning curve of {metric}: it was reported at one epoch only.")
+                section.paragraphs.append(f"No learning curve of {metrics[0]}: it was reported at one epoch only.")
     _pca_figure(writer, section, study, finished)
     return section
 

@@ -48,7 +48,8 @@ def epoch_rows(spec: TrialSpec, trial_id: str) -> list[dict[str, Any]]:
         fraction = epoch / EPOCHS
         row = {key: value * fraction for key, value in spec.final.items()}
         row.update({
-            "epoch": epoch, "step": epoch * 8, "train/loss": 3.0 - epoch * 0.5,
+            "epoch": epoch, "step": epoch * 8,
+            "train/loss": 3.0 - epoch * 0.5, "train/contrastive_loss": 2.5 - epoch * 0.4,
             "training_iteration": epoch, "time_total_s": 10.0 * epoch, "time_this_iter_s": 10.0,
             "trial_id": trial_id, "done": epoch == spec.epochs, "timestamp": 1_700_000_000 + epoch,
             "config": spec.params,

@@ -93,8 +93,10 @@ def test_plot_axes_say_what_is_shown(ablation_report):
     bars = plots.combination_bars(trials, fx.ZEROSHOT)
     assert (bars.axes[0].get_xlabel(), bars.axes[0].get_ylabel()) == ("configuration", fx.ZEROSHOT)
     finished = trials[trials["status"] == "finished"]
-    curves = plots.learning_curves(analysis.load_history(root), "train/loss", configuration_order(finished))
-    assert (curves.axes[0].get_xlabel(), curves.axes[0].get_ylabel()) == ("epoch", "train/loss")
+    curves = plots.learning_curves(analysis.load_history(root), ["train/loss", "train/contrastive_loss"],
+                                   configuration_order(finished))
+    assert [(ax.get_xlabel(), ax.get_ylabel()) for ax in curves.axes] == [
+        ("epoch", "train/loss"), ("epoch", "train/contrastive_loss")]
     epochs = sorted({x for line in curves.axes[0].lines for x in line.get_xdata()})
     assert epochs[0] == 1 and all(float(x).is_integer() for x in epochs)  # 1-based, whole epochs
     legend = [text.get_text() for text in curves.axes[0].get_legend().get_texts()]
