@@ -40,11 +40,11 @@ class BedCheck:
 
     def describe(self) -> str:
         if self.binomial_p is None:
-            return (f"{readable(self.metric)} = {self.value:.3f} ({self.where}: the fraction of {self.seeds} seeds "
+            return (f"{readable(self.metric)} = {self.value:.3f} ({self.where}: the fraction of {_seeds(self.seeds)} "
                     f"whose ALBEF pre-training brought ITC below chance and ITM above its prior); needs 1")
         rule = f"needs >= {self.needed:.3f} and binomial p < {CHECK_P}" if self.far else \
             f"needs binomial p < {CHECK_P} above chance"
-        return (f"{readable(self.metric)} = {self.value:.3f} ({self.where}, mean of {self.seeds} seeds), "
+        return (f"{readable(self.metric)} = {self.value:.3f} ({self.where}, mean of {_seeds(self.seeds)}), "
                 f"chance {self.chance:.3f}; {rule}")
 
     def row(self) -> dict[str, object]:
@@ -99,3 +99,7 @@ def not_testable(checks: list[BedCheck]) -> str | None:
     if not failed:
         return None
     return "not testable: " + "; ".join(check.describe() for check in failed)
+
+
+def _seeds(count: int) -> str:
+    return "1 seed" if count == 1 else f"{count} seeds"

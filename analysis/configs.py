@@ -3,8 +3,11 @@
 A configuration is one combination of the searched parameters (seeds aside). Its label names the
 active regularizers in the paper's order (DFS, BB, GC, then the alignment pressure). A regularizer
 that is on at a single weight throughout the study is written "+GC"; one searched over several
-weights is written with its weight, "GC=0.31". Other searched parameters that vary (the info gap,
-a learning rate) form the configuration's *context*, and Δ compares within a context.
+weights is written with its weight, "GC=0.31". A regularizer's own option (`regularizers.bb_s`, any
+`regularizers.<name>_...`) means nothing while its weight is 0: it joins the label of the configurations
+that use it, "BB=0.19 (bb_s=0.62)", when it takes more than one value there. Other searched parameters
+that vary (the info gap, a learning rate) form the configuration's *context*, and Δ compares within a
+context.
 """
 
 from __future__ import annotations
@@ -54,6 +57,31 @@ def _weight(value: object) -> float:
     return float(value) if isinstance(value, int | float) and pd.notna(value) else 0.0
 
 
+def option_owner(key: str) -> str | None:
+    """The weight key of the regularizer that an option belongs to (regularizers.bb_s -> regularizers.bb)."""
+    return next((weight_key for weight_key in REGULARIZER_KEYS if key.startswith(f"{weight_key}_")), None)
+
+
+def _varying_options(trials: pd.DataFrame, searched_keys: list[str], worded: set[str]) -> dict[str, list[str]]:
+    """Weight key -> its searched options that take more than one value where that regularizer is on."""
+    shown: dict[str, list[str]] = {}
+    for key in searched_keys:
+        owner = option_owner(key)
+        if owner is None or key in worded or key not in trials or owner not in trials:
+            continue
+        on = trials[[_weight(value) > 0 for value in trials[owner]]]
+        if on[key].astype(str).nunique() > 1:
+            shown.setdefault(owner, []).append(key)
+    return shown
+
+
+def _option_text(key: str, value: object) -> str:
+    name = key.split(".")[-1]
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return f"{name}=default"
+    return f"{name}={value:.3g}" if isinstance(value, float) else f"{name}={value}"
+
+
 def _multi_weight_keys(trials: pd.DataFrame) -> set[str]:
     multi = set()
     for key in REGULARIZER_KEYS:
@@ -64,15 +92,20 @@ def _multi_weight_keys(trials: pd.DataFrame) -> set[str]:
     return multi
 
 
-def regularizer_label(weights: dict[str, object], multi_weight: set[str]) -> str:
-    """'baseline' when every weight is zero, else '+DFS+GC' / 'GC=0.31' style."""
+def regularizer_label(weights: dict[str, object], multi_weight: set[str],
+                      shown_options: dict[str, list[str]] | None = None) -> str:
+    """'baseline' when every weight is zero, else '+DFS+GC' / 'GC=0.31' / 'BB=0.19 (bb_s=0.62)' style."""
     parts = []
     for key in REGULARIZER_KEYS:
         weight = _weight(weights.get(key))
         if weight == 0.0:
             continue
         name = regularizer_name(key, weights)
-        parts.append(f"{name}={weight:.3g}" if key in multi_weight else f"+{name}")
+        part = f"{name}={weight:.3g}" if key in multi_weight else f"+{name}"
+        options = (shown_options or {}).get(key, [])
+        if options:
+            part += " (" + ", ".join(_option_text(option, weights.get(option)) for option in options) + ")"
+        parts.append(part)
     if not parts:
         return BASELINE
     # weighted parts read better separated: "DFS=0.1, GC=0.3" rather than "+DFS=0.1GC=0.3"
@@ -88,11 +121,12 @@ def label_configurations(trials: pd.DataFrame, searched_keys: list[str]) -> pd.D
     """Add columns regularizer_label, context, config (the full label) and is_baseline."""
     trials = trials.copy()
     multi = _multi_weight_keys(trials)
-    in_label = {*REGULARIZER_KEYS, *(option for _, option, _, _ in REGULARIZER_OPTIONS)}
-    context_keys = [key for key in searched_keys if key not in in_label
+    worded = {option for _, option, _, _ in REGULARIZER_OPTIONS}
+    shown_options = _varying_options(trials, searched_keys, worded)
+    context_keys = [key for key in searched_keys if key not in REGULARIZER_KEYS and option_owner(key) is None
                     and key in trials and trials[key].nunique(dropna=False) > 1]
     records = trials.to_dict("records")
-    trials["regularizer_label"] = [regularizer_label(row, multi) for row in records]
+    trials["regularizer_label"] = [regularizer_label(row, multi, shown_options) for row in records]
     trials["context"] = [_context_label(row, context_keys) for row in records]
     trials["is_baseline"] = trials["regularizer_label"] == BASELINE
     labels = zip(trials["regularizer_label"], trials["context"], strict=True)

@@ -17,6 +17,10 @@ from trainers.evaluate.names import TWO_TOWER_METRICS, VALIDATION_PREFIX
 # what the image adds (as trainers/albef/names.py declares them).
 ALBEF_HEADS = FUSED_HEADS
 ALBEF_HEAD_METRICS = tuple(name for head in ALBEF_HEADS for name in FUSED_HEAD_METRICS[head].exact)
+# Shown beside the outcomes but not compared between configurations, so not in any Holm family: a head's
+# text-only control is the yardstick its margin is measured against, and a standard error is the margin's
+# uncertainty; neither is an outcome a regularizer should move.
+NOT_COMPARED = tuple(f"{head}/{name}" for head in ALBEF_HEADS for name in ("text_only_accuracy", "image_margin_se"))
 # ALBEF pre-training's end state: running ITC beside its chance value ln(B + Q), ITM accuracy beside its 2/3
 # prior, the cosine between online and momentum features (what GC / BB compare against: ALBEF's views), and
 # albef/trained (1/0): 0 marks a trial whose ITC is not below chance or whose ITM is at its prior, which a
@@ -64,8 +68,7 @@ SHARED_CLASS_PROBE = "linear_probe/class/image"
 _LOWER_IS_BETTER = ("structure/alignment", "structure/uniformity")
 _NO_DIRECTION = ("structure/modality_gap", "structure/pair_cosine", "train/lr", "train/logit_scale",
                  "train/samples_per_s", "epoch", "step", "albef/itc_chance", "albef/itm_prior_accuracy",
-                 "albef/momentum_cosine", ALBEF_TRAINED_FLAG,
-                 *(f"{head}/image_margin_se" for head in ALBEF_HEADS))
+                 "albef/momentum_cosine", ALBEF_TRAINED_FLAG, *NOT_COMPARED)
 
 _READABLE = {
     "retrieval/mean_recall": "retrieval mean recall",

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.configs import BASELINE, configuration_order, with_batch_size
-from analysis.metrics import higher_is_better
+from analysis.metrics import NOT_COMPARED, higher_is_better
 from analysis.stats import ALPHA, Comparison, compare, correct, per_seed
 
 SIGNIFICANT_MARK = "*"  # Holm-corrected p < ALPHA within the table
@@ -195,7 +195,8 @@ def ablation_table(trials: pd.DataFrame, metrics: list[str], title: str, rank_me
         for metric in metrics:
             values = per_seed(group[metric], group["seed"])
             comparison = None
-            if baseline is not None and not group["is_baseline"].iloc[0] and len(values):
+            if (baseline is not None and not group["is_baseline"].iloc[0] and len(values)
+                    and metric not in NOT_COMPARED):
                 comparison = compare(values, per_seed(baseline[metric], baseline["seed"]))
             std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
             cells[(row, metric)] = Cell(float(values.mean()) if len(values) else math.nan, std, len(values),

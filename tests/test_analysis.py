@@ -115,6 +115,48 @@ def test_weighted_labels_when_a_weight_is_searched(tmp_path):
     assert sorted(labels) == ["GC=0.31", "GC=1", "baseline"]
 
 
+def test_a_regularizers_own_option_is_in_its_label_and_not_a_context(tmp_path):
+    """bb_s searched beside bb: the baseline (bb = 0, bb_s at its base value) is every BB trial's baseline,
+    so each is compared with it; bb_s tells BB configurations apart only where BB is on."""
+    configs = [(0.0, 0.25), (0.2, 0.6), (0.4, 0.3)]
+    specs = [fx.TrialSpec({"regularizers.bb": bb, "regularizers.bb_s": s, "train.seed": seed},
+                          {TOP1: 0.4 + bb / 10 + seed / 100})
+             for bb, s in configs for seed in (0, 1, 2)]
+    search = {**fx.ablation_search(), "seeds": [0, 1, 2], "space": {
+        "regularizers.bb": {"type": "choice", "values": [0.0, 0.2, 0.4]},
+        "regularizers.bb_s": {"type": "choice", "values": [0.25, 0.3, 0.6]}}}
+    trials = analysis.load(fx.write_results_dir(tmp_path / "bb", search, specs))
+    assert sorted(trials["config"].unique()) == ["BB=0.2 (bb_s=0.6)", "BB=0.4 (bb_s=0.3)", "baseline"]
+    assert set(trials["context"]) == {""}
+    table = ablation_table(trials, [TOP1], "Downstream")
+    gain = table.cells[("BB=0.4 (bb_s=0.3)", TOP1)].comparison
+    assert gain.n_pairs == 3 and gain.delta == pytest.approx(0.04)
+
+    # at one bridge time throughout, the label does not repeat it
+    same_s = [fx.TrialSpec({**spec.params, "regularizers.bb_s": 0.5}, spec.final) for spec in specs]
+    labels = analysis.load(fx.write_results_dir(tmp_path / "one_s", search, same_s))["config"]
+    assert sorted(labels.unique()) == ["BB=0.2", "BB=0.4", "baseline"]
+
+
+def test_a_heads_control_and_standard_error_are_shown_not_compared(tmp_path):
+    """The text-only control and the margin's standard error sit beside VQA's accuracy and margin, but a
+    regularizer is judged on the outcomes only: the Holm family counts those two."""
+    head = {"vqa/accuracy": 0.42, "vqa/text_only_accuracy": 0.28, "vqa/image_margin": 0.14,
+            "vqa/image_margin_se": 0.02}
+    specs = [fx.TrialSpec({"regularizers.gc": gc, "train.seed": seed},
+                          {TOP1: 0.4, **{key: value + gc / 10 + seed / 100 for key, value in head.items()}})
+             for gc in (0.0, 0.5) for seed in (0, 1, 2)]
+    search = {**fx.ablation_search(), "seeds": [0, 1, 2],
+              "space": {"regularizers.gc": {"type": "choice", "values": [0.0, 0.5]}}}
+    trials = analysis.load(fx.write_results_dir(tmp_path / "heads", search, specs))
+    table = ablation_table(trials, list(head), "Downstream")
+    assert table.family_size == 2
+    assert table.cells[("+GC", "vqa/image_margin")].comparison.delta == pytest.approx(0.05)
+    assert table.cells[("+GC", "vqa/text_only_accuracy")].comparison is None
+    assert table.cells[("+GC", "vqa/text_only_accuracy")].mean == pytest.approx(0.34)
+    assert not any(table.cells[(row, "vqa/text_only_accuracy")].best for row in table.rows)
+
+
 def test_paired_sign_flip_test_and_no_bootstrap_on_unpaired_runs():
     baseline = np.array(fx.BASELINE_TOP1)
     treated = baseline + np.array(fx.GC_GAIN)
