@@ -75,7 +75,8 @@ def _varying_options(trials: pd.DataFrame, searched_keys: list[str], worded: set
     return shown
 
 
-def _option_text(key: str, value: object) -> str:
+def _key_value_text(key: str, value: object) -> str:
+    """'bb_s=0.617': the key's last part and its value; an unset (None) option is 'default'."""
     name = key.split(".")[-1]
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return f"{name}=default"
@@ -104,7 +105,7 @@ def regularizer_label(weights: dict[str, object], multi_weight: set[str],
         part = f"{name}={weight:.3g}" if key in multi_weight else f"+{name}"
         options = (shown_options or {}).get(key, [])
         if options:
-            part += " (" + ", ".join(_option_text(option, weights.get(option)) for option in options) + ")"
+            part += " (" + ", ".join(_key_value_text(option, weights.get(option)) for option in options) + ")"
         parts.append(part)
     if not parts:
         return BASELINE
@@ -113,8 +114,7 @@ def regularizer_label(weights: dict[str, object], multi_weight: set[str],
 
 
 def _context_label(row: dict, context_keys: list[str]) -> str:
-    return ", ".join(f"{key.split('.')[-1]}={row[key]:.3g}" if isinstance(row[key], float)
-                     else f"{key.split('.')[-1]}={row[key]}" for key in context_keys)
+    return ", ".join(_key_value_text(key, row[key]) for key in context_keys)
 
 
 def label_configurations(trials: pd.DataFrame, searched_keys: list[str]) -> pd.DataFrame:

@@ -7,6 +7,7 @@ line with a 95% confidence band at the baseline's mean.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from pathlib import Path
 
@@ -116,9 +117,24 @@ def _tick_at_sampled(ax: plt.Axes, weights: list[float]) -> None:
     from matplotlib.ticker import FuncFormatter, NullLocator
 
     if 0 < len(weights) <= MAX_SAMPLED_TICKS:
-        ax.set_xticks(weights)
+        ax.set_xticks(_apart_on_log_axis(weights, ax.get_xlim()))
         ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
+
+
+# A tick label is about a tenth of a panel wide: a tick nearer its neighbour than that would overlap it.
+MIN_TICK_GAP = 0.1
+
+
+def _apart_on_log_axis(values: list[float], limits: tuple[float, float]) -> list[float]:
+    """`values` (ascending) without those closer to the last one kept than MIN_TICK_GAP of the log axis."""
+    low, high = (math.log10(limit) for limit in limits) if min(limits) > 0 else (0.0, 0.0)
+    gap = MIN_TICK_GAP * (high - low)
+    kept: list[float] = []
+    for value in values:
+        if not kept or math.log10(value) - math.log10(kept[-1]) >= gap:
+            kept.append(value)
+    return kept
 
 
 def sampled_weights(trials: pd.DataFrame, weight_key: str) -> list[float]:
@@ -135,9 +151,10 @@ def combination_bars(trials: pd.DataFrame, metric: str) -> plt.Figure:
     sns.barplot(data=data, x="config", y=metric, order=order, errorbar="sd", capsize=0.2, ax=ax, color="#8fb3d9")
     sns.stripplot(data=data, x="config", y=metric, order=order, color="black", size=4, ax=ax)
     ax.set_xlabel("configuration")
-    ax.set_ylabel(metric)
-    ax.set_title("mean ± std over seeds; one dot per seed", fontsize="medium")  # the y label names the metric
-    ax.tick_params(axis="x", rotation=30)
+    # the full name in the title: a long one as the y label is taller than the axes and gets clipped
+    ax.set_ylabel(metric.rsplit("/", 1)[-1])
+    ax.set_title(f"{metric}\nmean ± std over seeds; one dot per seed", fontsize="medium")
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
     figure.tight_layout()
     return figure
 

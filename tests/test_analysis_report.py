@@ -91,7 +91,12 @@ def test_plot_axes_say_what_is_shown(ablation_report):
     figure.canvas.draw()
     assert [tick.get_text() for tick in figure.axes[0].get_xticklabels()] == ["0.5"]  # the sampled weight
     bars = plots.combination_bars(trials, fx.ZEROSHOT)
-    assert (bars.axes[0].get_xlabel(), bars.axes[0].get_ylabel()) == ("configuration", fx.ZEROSHOT)
+    assert (bars.axes[0].get_xlabel(), bars.axes[0].get_ylabel()) == ("configuration", "top1")
+    assert bars.axes[0].get_title().startswith(fx.ZEROSHOT)
+    # a long metric name is the title, not a y label taller than the axes (clipped)
+    bars.canvas.draw()
+    label_box = bars.axes[0].yaxis.label.get_window_extent()
+    assert label_box.y0 >= 0 and label_box.y1 <= bars.bbox.height
     finished = trials[trials["status"] == "finished"]
     curves = plots.learning_curves(analysis.load_history(root), ["train/loss", "train/contrastive_loss"],
                                    configuration_order(finished))
@@ -101,6 +106,18 @@ def test_plot_axes_say_what_is_shown(ablation_report):
     assert epochs[0] == 1 and all(float(x).is_integer() for x in epochs)  # 1-based, whole epochs
     legend = [text.get_text() for text in curves.axes[0].get_legend().get_texts()]
     assert legend == ["baseline", "+DFS", "+GC", "+DFS+GC"]  # by weight, not alphabetically
+
+
+def test_weights_sampled_close_together_get_one_tick_not_two_overlapping(tmp_path):
+    weights = (0.0, 0.187, 0.205, 0.443, 0.643)
+    specs = [fx.TrialSpec({"regularizers.gc": weight, "train.seed": seed}, {fx.ZEROSHOT: 0.5 + seed / 100})
+             for weight in weights for seed in (0, 1)]
+    search = {**fx.ablation_search(), "seeds": [0, 1],
+              "space": {"regularizers.gc": {"type": "choice", "values": list(weights)}}}
+    trials = analysis.load(fx.write_results_dir(tmp_path / "close", search, specs))
+    figure = plots.metric_vs_weight(trials, "regularizers.gc", [fx.ZEROSHOT])
+    figure.canvas.draw()
+    assert [tick.get_text() for tick in figure.axes[0].get_xticklabels()] == ["0.187", "0.443", "0.643"]
 
 
 @pytest.mark.slow
