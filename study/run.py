@@ -26,7 +26,7 @@ import yaml
 
 from analysis import provenance
 from study.console import StudyInterrupt
-from trainers.config import ConfigError, flatten
+from trainers.config import ConfigError, flatten, get_dotted
 from trainers.storage import (
     OPTUNA_FILE,
     STUDY_FILE,
@@ -130,9 +130,7 @@ def trial_plan(spec: StudySpec) -> list[str]:
             lines.append(f"  ... and {len(cells) - MAX_PLAN_LINES} more")
         return lines
     base = spec.base.model_dump()
-    from study.search import dotted_value
-
-    baseline = ", ".join(f"{key} = {dotted_value(base, key)}" for key in search.space)
+    baseline = ", ".join(f"{key} = {get_dotted(base, key)}" for key in search.space)
     return [f"trials: {spec.num_trials()} =",
             f"  the baseline ({baseline or 'the base configuration'}: the base values of the searched keys, which a "
             f"log-scale search cannot reach; run first, outside Optuna's sampler, for the tables to compare against) "

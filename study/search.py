@@ -18,6 +18,7 @@ from ray import tune
 from ray.tune.search import Repeater
 from ray.tune.search.repeater import TRIAL_INDEX
 
+from trainers.config import get_dotted
 from trainers.storage import OPTUNA_BASELINE_ATTR
 from trainers.study_spec import (
     SWITCH_SUFFIX,
@@ -216,7 +217,7 @@ def build_tune_config(spec: StudySpec, optuna_storage: str | None, concurrency: 
         seed=spec.base.train.seed,
     )
     base = spec.base.model_dump()
-    baseline = {key: dotted_value(base, key) for key in search.space}
+    baseline = {key: get_dotted(base, key) for key in search.space}
     return tune.TuneConfig(
         search_alg=SeededRepeater(searcher, search.seeds, baseline),
         scheduler=scheduler,
@@ -225,12 +226,6 @@ def build_tune_config(spec: StudySpec, optuna_storage: str | None, concurrency: 
         reuse_actors=reuse,
         **names,
     ), {}
-
-
-def dotted_value(tree: dict[str, Any], key: str) -> Any:
-    for part in key.split("."):
-        tree = tree[part]
-    return tree
 
 
 def _trial_name_of(trial: Any) -> str:

@@ -325,6 +325,15 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def get_dotted(tree: dict, key: str) -> Any:
+    """tree["a"]["b"] for "a.b", or None where a level is missing."""
+    for part in key.split("."):
+        if not isinstance(tree, dict):
+            return None
+        tree = tree.get(part)
+    return tree
+
+
 def set_dotted(tree: dict, key: str, value: Any, merge: bool = False) -> None:
     """Set `a.b.c` in a nested dict, creating levels; a non-dict in the way is an error.
     `merge`: a mapping set on a mapping is merged into it (`regularizers={gc: 1}` keeps the other weights)."""
@@ -370,7 +379,7 @@ def read_yaml(path: str | Path) -> dict:
 EXTENDS_KEY = "extends"
 # What a study searches and the comparisons it pre-registers on that are its own: a file that gives them
 # replaces its parent's whole instead of merging into them. The name is its own too (its results directory).
-REPLACED_WHOLE = (("search", "space"), ("hypothesis",))
+REPLACED_WHOLE = ("search.space", "hypothesis")
 
 
 def read_config_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
@@ -393,19 +402,12 @@ def read_config_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
     parent = read_config_yaml(parent_path, chain)
     parent.pop("name", None)
     merged = _merged(parent, tree)
-    for keys in REPLACED_WHOLE:
-        own = _get_nested(tree, keys)
+    for key in REPLACED_WHOLE:
+        own = get_dotted(tree, key)
         if own is not None:
-            set_dotted(merged, ".".join(keys), own)
+            set_dotted(merged, key, own)
     return merged
 
-
-def _get_nested(tree: dict, keys: tuple[str, ...]) -> Any:
-    for key in keys:
-        if not isinstance(tree, dict):
-            return None
-        tree = tree.get(key)
-    return tree
 
 
 def build_run_config(tree: dict, prefix: str = "") -> RunConfig:
