@@ -145,7 +145,7 @@ def test_a_study_extends_another_with_its_own_keys_over_it(tmp_path: Path):
     """))
     child = load_study(child_path, ["base.train.epochs=3"])
     assert child.name == "bb"
-    # mappings merge key by key: the parent's data and epochs stay beside the child's lr
+    # mappings merge key by key: the parent's data stays beside the child's lr
     assert child.base.data == parent.base.data and child.base.train.lr == 1e-3
     assert child.base.train.epochs == 3  # --set applies over the merged file
     assert (child.search.metric, child.search.seeds) == (parent.search.metric, parent.search.seeds)
